@@ -1,0 +1,7 @@
+"""The ``conveyor`` command line."""
+
+
+def main() -> None:
+    from .main import run
+
+    run()

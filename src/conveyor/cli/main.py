@@ -1,0 +1,340 @@
+"""``conveyor``: run workers and dev mode, start and inspect workflows, handle dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any, TypeVar
+
+import typer
+from redis.exceptions import RedisError
+from rich.console import Console
+
+from ..client import AsyncClient
+from ..errors import ConveyorError, WorkflowFailedError
+from ..settings import Settings
+from ..storage.connection import UNAVAILABLE
+from .output import print_dead_letters, print_status
+
+T = TypeVar("T")
+
+cli = typer.Typer(
+    name="conveyor",
+    help="Durable, high-throughput agentic workflows on Redis Streams.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+dlq = typer.Typer(help="List, replay and drop dead letters.", no_args_is_help=True)
+cli.add_typer(dlq, name="dlq")
+
+out = Console()
+err = Console(stderr=True)
+
+RedisUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--redis-url", envvar="REDIS_URL", help="Redis URL [default: redis://localhost:6379/0]."
+    ),
+]
+Namespace = Annotated[
+    str | None,
+    typer.Option(
+        "--namespace", envvar="CONVEYOR_NAMESPACE", help="Key namespace [default: conveyor]."
+    ),
+]
+Partitions = Annotated[
+    int | None,
+    typer.Option(
+        "--partitions", envvar="CONVEYOR_PARTITIONS", help="Stream partitions [default: 16]."
+    ),
+]
+
+
+def fail(message: str, code: int = 1) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def readable_errors(fn: Callable[..., T]) -> Callable[..., T]:
+    """Turn expected failures into one readable line and a non-zero exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except WorkflowFailedError as exc:
+            fail(str(exc), 2)
+        except ConveyorError as exc:
+            fail(str(exc))
+        except UNAVAILABLE as exc:
+            fail(f"cannot reach Redis: {exc}")
+        except RedisError as exc:
+            fail(f"Redis error: {exc}")
+        raise AssertionError("unreachable")
+
+    return wrapper
+
+
+def settings_from(redis_url: str | None, namespace: str | None, partitions: int | None) -> Settings:
+    return Settings.from_env(redis_url=redis_url, namespace=namespace, partitions=partitions)
+
+
+def with_client(
+    redis_url: str | None,
+    namespace: str | None,
+    partitions: int | None,
+    action: Callable[[AsyncClient], Coroutine[Any, Any, T]],
+) -> T:
+    settings = settings_from(redis_url, namespace, partitions)
+
+    async def go() -> T:
+        async with AsyncClient(
+            settings.redis_url, settings.namespace, partitions=settings.partitions
+        ) as client:
+            return await action(client)
+
+    return asyncio.run(go())
+
+
+def parse_json(text: str | None, what: str) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        fail(f"{what} is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})")
+
+
+# -- workers ---------------------------------------------------------------------------------
+
+
+@cli.command()
+@readable_errors
+def worker(
+    app: Annotated[str, typer.Argument(help="The App to run, as MODULE:ATTRIBUTE.")],
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", "-c", min=1, help="Steps running at once per process.")
+    ] = 64,
+    processes: Annotated[
+        int, typer.Option("--processes", "-p", min=1, help="Worker processes.")
+    ] = 1,
+    queues: Annotated[
+        str | None,
+        typer.Option("--queues", "-q", help="Comma-separated queues [default: all of the app's]."),
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option("--threads", min=1, help="Thread pool size for sync steps.")
+    ] = None,
+    drain_timeout: Annotated[
+        float, typer.Option("--drain-timeout", help="Seconds to finish running steps on SIGTERM.")
+    ] = 30.0,
+    redis_url: RedisUrl = None,
+    namespace: Namespace = None,
+    partitions: Partitions = None,
+    log_level: Annotated[str, typer.Option("--log-level", envvar="CONVEYOR_LOG_LEVEL")] = "INFO",
+) -> None:
+    """Run workers for an app until SIGTERM or Ctrl-C (then drain and exit 0)."""
+    from ..loader import load_app
+    from ..logs import setup_logging
+    from ..worker.process import WorkerOptions, run_workers
+
+    setup_logging(log_level)
+    loaded = load_app(app)
+    overrides = {"redis_url": redis_url, "namespace": namespace, "partitions": partitions}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    loaded.settings = loaded.settings.replace(**overrides)
+    options = WorkerOptions(
+        concurrency=concurrency,
+        queues=[q.strip() for q in queues.split(",") if q.strip()] if queues else None,
+        threads=threads,
+        drain_timeout=drain_timeout,
+        settings=overrides,
+    )
+    raise typer.Exit(run_workers(app, loaded, processes, options, log_level))
+
+
+@cli.command()
+@readable_errors
+def dev(
+    app: Annotated[
+        str | None,
+        typer.Argument(help="The App to run, as MODULE:ATTRIBUTE [default: the bundled demo]."),
+    ] = None,
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1)] = 64,
+    redis_url: RedisUrl = None,
+    namespace: Namespace = None,
+    data_dir: Annotated[
+        str, typer.Option("--data-dir", help="Where the embedded Redis keeps its data.")
+    ] = ".conveyor",
+    log_level: Annotated[str, typer.Option("--log-level", envvar="CONVEYOR_LOG_LEVEL")] = "INFO",
+) -> None:
+    """Everything on one machine: an embedded Redis (unless REDIS_URL is set) and a worker."""
+    from .dev import run_dev
+
+    run_dev(
+        app,
+        concurrency=concurrency,
+        redis_url=redis_url,
+        namespace=namespace,
+        data_dir=data_dir,
+        log_level=log_level,
+    )
+
+
+# -- workflows -------------------------------------------------------------------------------
+
+
+@cli.command()
+@readable_errors
+def start(
+    name: Annotated[str, typer.Argument(help="Workflow name.")],
+    input: Annotated[str | None, typer.Option("--input", "-i", help="Input as JSON.")] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", "-w", help="Wait for the result and print it.")
+    ] = False,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", help="Seconds to wait with --wait.")
+    ] = None,
+    idempotency_key: Annotated[
+        str | None, typer.Option("--idempotency-key", help="Start at most once per key.")
+    ] = None,
+    redis_url: RedisUrl = None,
+    namespace: Namespace = None,
+    partitions: Partitions = None,
+) -> None:
+    """Start a workflow and print its id (or, with --wait, its result as JSON)."""
+    payload = parse_json(input, "--input")
+
+    async def go(client: AsyncClient) -> None:
+        workflow_id = await client.start(name, payload, idempotency_key=idempotency_key)
+        if not wait:
+            out.print(workflow_id, highlight=False)
+            return
+        err.print(f"started {workflow_id}", highlight=False)
+        result = await client.result(workflow_id, timeout=timeout)
+        out.print_json(json.dumps(result))
+
+    with_client(redis_url, namespace, partitions, go)
+
+
+@cli.command()
+@readable_errors
+def status(
+    workflow_id: Annotated[str, typer.Argument(help="Workflow id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    redis_url: RedisUrl = None,
+    namespace: Namespace = None,
+    partitions: Partitions = None,
+) -> None:
+    """Show a workflow's status, result or error, and its step history."""
+    st = with_client(redis_url, namespace, partitions, lambda c: c.status(workflow_id))
+    if as_json:
+        out.print_json(st.model_dump_json())
+    else:
+        print_status(out, st)
+
+
+@cli.command()
+@readable_errors
+def cancel(
+    workflow_id: Annotated[str, typer.Argument(help="Workflow id.")],
+    redis_url: RedisUrl = None,
+    namespace: Namespace = None,
+    partitions: Partitions = None,
+) -> None:
+    """Cancel a workflow (its queued tasks are dropped when reached)."""
+    final = with_client(redis_url, namespace, partitions, lambda c: c.cancel(workflow_id))
+    out.print(f"{workflow_id} {final}", highlight=False)
+
+
+# -- dead letters ----------------------------------------------------------------------------
+
+
+@dlq.command("list")
+@readable_errors
+def dlq_list(
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1)] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+    redis_url: RedisUrl = None,
+    namespace: Namespace = None,
+    partitions: Partitions = None,
+) -> None:
+    """List dead letters, oldest first."""
+    letters = with_client(redis_url, namespace, partitions, lambda c: c.dead_letters(limit))
+    if as_json:
+        for letter in letters:
+            out.print(letter.model_dump_json(), highlight=False, soft_wrap=True)
+    else:
+        print_dead_letters(out, letters)
+
+
+def _each_letter(
+    ids: list[str] | None, all_: bool, action: str,
+    redis_url: str | None, namespace: str | None, partitions: int | None,
+    apply: Callable[[AsyncClient, str], Coroutine[Any, Any, Any]],
+) -> None:  # fmt: skip
+    if bool(ids) == all_:
+        fail(f"give dead-letter ids to {action}, or --all (not both)")
+
+    async def go(client: AsyncClient) -> int:
+        targets = ids or [d.id for d in await client.dead_letters(limit=1_000_000)]
+        failures = 0
+        for dead_id in targets:
+            try:
+                result = await apply(client, dead_id)
+                out.print(
+                    f"{action} {dead_id}" + (f" -> workflow {result}" if result else ""),
+                    highlight=False,
+                )
+            except ConveyorError as exc:
+                failures += 1
+                err.print(f"[red]error:[/] {exc}", highlight=False)
+        if not targets:
+            out.print("no dead letters")
+        return failures
+
+    if with_client(redis_url, namespace, partitions, go):
+        raise typer.Exit(1)
+
+
+@dlq.command("replay")
+@readable_errors
+def dlq_replay(
+    ids: Annotated[
+        list[str] | None, typer.Argument(help="Dead-letter ids (from `dlq list`).")
+    ] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Replay every dead letter.")] = False,
+    redis_url: RedisUrl = None,
+    namespace: Namespace = None,
+    partitions: Partitions = None,
+) -> None:
+    """Re-run the failed step of dead-lettered workflows."""
+    _each_letter(ids, all_, "replayed", redis_url, namespace, partitions, lambda c, i: c.replay(i))
+
+
+@dlq.command("drop")
+@readable_errors
+def dlq_drop(
+    ids: Annotated[
+        list[str] | None, typer.Argument(help="Dead-letter ids (from `dlq list`).")
+    ] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Drop every dead letter.")] = False,
+    redis_url: RedisUrl = None,
+    namespace: Namespace = None,
+    partitions: Partitions = None,
+) -> None:
+    """Delete dead letters for good."""
+    _each_letter(ids, all_, "dropped", redis_url, namespace, partitions, lambda c, i: c.drop(i))
+
+
+def run() -> None:
+    try:
+        cli()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,93 @@
+"""Exception hierarchy: every error Conveyor raises derives from ``ConveyorError``.
+
+``Retry`` and ``NonRetryableError`` are the two control-flow signals a step may raise.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import Any
+
+
+class ConveyorError(Exception):
+    """Root of every Conveyor error."""
+
+
+class DefinitionError(ConveyorError):
+    """A workflow is defined wrongly (raised at import / definition time)."""
+
+
+class ConfigurationError(ConveyorError):
+    """Settings are inconsistent (for example a partition count that differs from Redis)."""
+
+
+class UnknownWorkflowError(ConveyorError):
+    """No workflow of that name is registered."""
+
+
+class WorkflowNotFoundError(ConveyorError):
+    """No workflow with that id exists (never started, or its state expired)."""
+
+
+class BackPressureError(ConveyorError):
+    """The backlog is past its configured bound; retry the start later."""
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class WorkflowFailedError(ConveyorError):
+    """The workflow failed; ``error`` carries the failing step's type, message and traceback."""
+
+    def __init__(self, workflow_id: str, error: dict[str, Any]) -> None:
+        step = error.get("step", "?")
+        super().__init__(
+            f"workflow {workflow_id} failed in step {step!r}: "
+            f"{error.get('type', 'Error')}: {error.get('message', '')}"
+        )
+        self.workflow_id = workflow_id
+        self.error = error
+
+
+class WorkflowCancelledError(ConveyorError):
+    """The workflow was cancelled before it finished."""
+
+
+class ResultTimeoutError(ConveyorError, TimeoutError):
+    """The workflow did not finish within the time the caller was willing to wait."""
+
+
+class DeadLetterNotFoundError(ConveyorError):
+    """No dead-letter entry with that id."""
+
+
+class ReplayError(ConveyorError):
+    """A dead-letter entry cannot be replayed (its workflow state is gone or not failed)."""
+
+
+class StepInputError(ConveyorError):
+    """A step's input failed validation against its annotated pydantic model."""
+
+
+class NonRetryableError(ConveyorError):
+    """Raise from a step to fail it at once, skipping any remaining retries."""
+
+
+class Retry(ConveyorError):
+    """Raise from a step to retry it after ``delay`` seconds (counts as an attempt)."""
+
+    def __init__(self, delay: float | None = None, reason: str = "retry requested") -> None:
+        super().__init__(reason)
+        self.delay = delay
+
+
+class ScriptCode(IntEnum):
+    """Stable result codes returned by the Lua transition scripts."""
+
+    OK = 0
+    DUPLICATE = 1  # the task was already done: the entry was ACKed and dropped
+    BACKPRESSURE = 2  # the partition's stream is past its bound: nothing written
+    NOT_FOUND = 3  # the workflow (or dead-letter entry) does not exist
+    NOT_FAILED = 4  # replay of a workflow that is not in the failed state
+    FINISHED = 5  # the workflow already finished (cancel of a finished workflow)

@@ -1,0 +1,79 @@
+"""Engine settings: one frozen dataclass, filled from arguments or ``CONVEYOR_*`` variables."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from .errors import ConfigurationError
+
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Attributes (environment variable in brackets):
+
+    redis_url: where Redis is [REDIS_URL].
+    namespace: prefix of every key, so several apps can share one Redis [CONVEYOR_NAMESPACE].
+    partitions: stream partitions per queue; a workflow's keys and tasks live in one
+        partition (one hash slot). Must be the same for every client and worker
+        [CONVEYOR_PARTITIONS].
+    max_backlog: total tasks allowed to wait in a queue's streams before a start is refused
+        with back-pressure; enforced per partition as ``ceil(max_backlog / partitions)``
+        [CONVEYOR_MAX_BACKLOG].
+    retention: seconds a finished workflow's state is kept [CONVEYOR_RETENTION].
+    visibility_timeout: seconds an entry may stay unacknowledged without a heartbeat before
+        another worker takes it over [CONVEYOR_VISIBILITY_TIMEOUT].
+    max_deliveries: deliveries of one entry (crashes included) before it is dead-lettered
+        [CONVEYOR_MAX_DELIVERIES].
+    group: the consumer group that workers read with [CONVEYOR_GROUP].
+    """
+
+    redis_url: str = DEFAULT_REDIS_URL
+    namespace: str = "conveyor"
+    partitions: int = 16
+    max_backlog: int = 1_000_000
+    retention: float = 7 * 24 * 3600.0
+    visibility_timeout: float = 30.0
+    max_deliveries: int = 5
+    group: str = "agents"
+
+    def __post_init__(self) -> None:
+        if self.partitions < 1 or self.partitions > 16384:
+            raise ConfigurationError("partitions must be between 1 and 16384")
+        if self.max_backlog < 1:
+            raise ConfigurationError("max_backlog must be >= 1")
+        if self.retention <= 0:
+            raise ConfigurationError("retention must be > 0 seconds")
+        if self.visibility_timeout < 1:
+            raise ConfigurationError("visibility_timeout must be >= 1 second")
+        if self.max_deliveries < 1:
+            raise ConfigurationError("max_deliveries must be >= 1")
+        if not self.namespace or any(c in self.namespace for c in "{} \n"):
+            raise ConfigurationError(f"invalid namespace {self.namespace!r}")
+
+    @property
+    def backlog_per_partition(self) -> int:
+        return -(-self.max_backlog // self.partitions)
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Settings:
+        """Defaults, then environment variables, then ``overrides`` that are not None."""
+        env: dict[str, Any] = {}
+        for f in fields(cls):
+            var = "REDIS_URL" if f.name == "redis_url" else f"CONVEYOR_{f.name.upper()}"
+            raw = os.environ.get(var)
+            if raw is None or raw == "":
+                continue
+            kind = type(getattr(cls(), f.name))
+            try:
+                env[f.name] = kind(raw)
+            except ValueError as exc:
+                raise ConfigurationError(f"{var}={raw!r} is not a valid {kind.__name__}") from exc
+        env.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**env)
+
+    def replace(self, **changes: Any) -> Settings:
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})

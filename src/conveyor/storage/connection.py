@@ -1,0 +1,41 @@
+"""The one place a Redis connection is made from a URL (later topologies plug in here)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.asyncio as aredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import BusyLoadingError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ..errors import ConfigurationError
+
+#: Errors that mean "Redis is not reachable right now": callers back off and try again.
+UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, BusyLoadingError, ConnectionError, OSError)
+
+
+def connect(url: str, *, max_connections: int | None = None, **options: Any) -> aredis.Redis:
+    """An asyncio Redis client for ``url`` (``redis://``, ``rediss://`` or ``unix://``).
+
+    Responses stay bytes (no decoding cost on the hot path); hiredis parses them when
+    installed. A command that hits a dropped connection is retried briefly before the
+    error reaches the caller, which then backs off by itself.
+    """
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigurationError(
+            f"unsupported Redis URL {url!r}: expected redis://, rediss:// or unix://"
+        )
+    return aredis.Redis.from_url(
+        url,
+        decode_responses=False,
+        max_connections=max_connections,
+        socket_keepalive=True,
+        socket_connect_timeout=options.pop("socket_connect_timeout", 5.0),
+        health_check_interval=options.pop("health_check_interval", 30),
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        **options,
+    )

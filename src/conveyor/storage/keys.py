@@ -1,0 +1,76 @@
+"""Every Redis key and channel name is built here, and only here.
+
+A workflow's keys and the stream partition its tasks go to share one hash tag ``{pN}``, with
+N derived from the workflow id, so each transition touches one hash slot: it is one atomic
+script on standalone Redis and on Redis Cluster alike. See docs/architecture.md for the map.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    namespace: str
+    partitions: int
+
+    # -- partitioning -----------------------------------------------------------------------
+
+    def partition(self, workflow_id: str) -> int:
+        return zlib.crc32(workflow_id.encode()) % self.partitions
+
+    def _p(self, partition: int) -> str:
+        return f"{self.namespace}:{{p{partition}}}"
+
+    # -- per partition ----------------------------------------------------------------------
+
+    def stream(self, partition: int, queue: str) -> str:
+        """Task stream of one queue in one partition (consumer group: Settings.group)."""
+        return f"{self._p(partition)}:q:{queue}"
+
+    def delayed(self, partition: int, queue: str) -> str:
+        """Sorted set of tasks waiting for a retry (score: due time, ms)."""
+        return f"{self._p(partition)}:delayed:{queue}"
+
+    def dead(self, partition: int) -> str:
+        """Dead-letter stream of one partition."""
+        return f"{self._p(partition)}:dead"
+
+    def finished_channel(self, partition: int) -> str:
+        """Pub/sub channel: the id of every workflow of the partition that finishes."""
+        return f"{self._p(partition)}:finished"
+
+    # -- per workflow -----------------------------------------------------------------------
+
+    def workflow(self, workflow_id: str) -> str:
+        """State hash of one workflow."""
+        return f"{self._p(self.partition(workflow_id))}:wf:{workflow_id}"
+
+    def history(self, workflow_id: str) -> str:
+        """Step history list of one workflow (one JSON record per attempt)."""
+        return f"{self._p(self.partition(workflow_id))}:wf:{workflow_id}:history"
+
+    # -- global (not touched by transition scripts) ------------------------------------------
+
+    @property
+    def meta(self) -> str:
+        """Hash of deployment-wide facts (the partition count) that every process checks."""
+        return f"{self.namespace}:meta"
+
+    @property
+    def registry(self) -> str:
+        """Hash: workflow name -> JSON description (start step, queues), written by workers."""
+        return f"{self.namespace}:workflows"
+
+    def worker(self, name: str) -> str:
+        """Liveness key of one worker process (expires unless refreshed)."""
+        return f"{self.namespace}:worker:{name}"
+
+    @property
+    def worker_pattern(self) -> str:
+        return f"{self.namespace}:worker:*"
+
+    def streams(self, queue: str) -> list[str]:
+        return [self.stream(p, queue) for p in range(self.partitions)]

@@ -1,0 +1,130 @@
+"""Public read models (workflow status, step history, dead letters) and the internal task."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from .. import codec
+
+
+def from_ms(raw: bytes | str | int | None) -> datetime | None:
+    if raw is None or raw == b"" or raw == "":
+        return None
+    return datetime.fromtimestamp(int(raw) / 1000, tz=UTC)
+
+
+class StepError(BaseModel):
+    """Why an attempt failed."""
+
+    type: str
+    message: str
+    traceback: str | None = None
+    step: str | None = None
+
+
+class StepRecord(BaseModel):
+    """One attempt of one step, as kept in the workflow's history."""
+
+    step: str
+    task: int
+    attempt: int
+    status: str  # completed | failed (the attempt); a retry follows a failed attempt if left
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    worker: str | None = None
+    result: Any = None
+    error: StepError | None = None
+
+
+class WorkflowStatus(BaseModel):
+    """A workflow run as stored in Redis."""
+
+    id: str
+    workflow: str
+    status: str  # running | completed | failed | cancelled
+    step: str | None = Field(None, description="current (or last) step")
+    input: Any = None
+    result: Any = None
+    error: StepError | None = None
+    state: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    finished_at: datetime | None = None
+    request_id: str | None = None
+    history: list[StepRecord] = Field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("completed", "failed", "cancelled")
+
+    @classmethod
+    def from_redis(
+        cls, workflow_id: str, fields: dict[bytes, bytes], history: list[bytes]
+    ) -> WorkflowStatus:
+        def text(name: bytes) -> str | None:
+            value = fields.get(name)
+            return value.decode() if value is not None else None
+
+        records = []
+        for raw in history:
+            item = codec.loads(raw)
+            for key in ("started_at", "finished_at"):
+                item[key] = from_ms(item.get(key))
+            records.append(StepRecord.model_validate(item))
+        error = codec.loads(fields.get(b"error"))
+        return cls(
+            id=workflow_id,
+            workflow=text(b"workflow") or "",
+            status=text(b"status") or "",
+            step=text(b"step"),
+            input=codec.loads(fields.get(b"input")),
+            result=codec.loads(fields.get(b"result")),
+            error=StepError.model_validate(error) if error else None,
+            state=codec.loads(fields.get(b"state")) or {},
+            created_at=from_ms(fields.get(b"created_at")),
+            updated_at=from_ms(fields.get(b"updated_at")),
+            finished_at=from_ms(fields.get(b"finished_at")),
+            request_id=text(b"request_id"),
+            history=records,
+        )
+
+
+class DeadLetter(BaseModel):
+    """A task that failed for good (or could not be processed at all)."""
+
+    id: str  # "p<partition>:<entry id>", what `conveyor dlq replay` takes
+    workflow_id: str | None = None
+    workflow: str | None = None
+    step: str | None = None
+    task: int | None = None
+    queue: str | None = None
+    reason: str
+    error: StepError | None = None
+    failed_at: datetime | None = None
+
+
+@dataclass(slots=True)
+class Task:
+    """One task entry read from a stream, not yet decoded beyond its routing fields."""
+
+    stream: str
+    entry_id: bytes
+    partition: int
+    queue: str
+    workflow_id: str
+    workflow: str
+    step: str
+    task: int
+    attempt: int
+    input: bytes
+    state: bytes | None
+    request_id: str | None
+    deliveries: int = 1
+
+    @property
+    def ref(self) -> tuple[str, bytes]:
+        return (self.stream, self.entry_id)

@@ -1,0 +1,90 @@
+"""Registry of the Lua transition scripts: name -> file -> number of keys.
+
+Scripts are read once per registry with importlib.resources, called with EVALSHA, and loaded
+again when Redis answers NOSCRIPT (after a restart or SCRIPT FLUSH).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from redis.exceptions import NoScriptError
+
+# name: number of KEYS. The file is scripts/<name>.lua.
+SCRIPTS: dict[str, int] = {
+    "start": 2,
+    "complete": 4,
+    "fail": 5,
+    "promote": 2,
+    "heartbeat": 1,
+    "replay": 4,
+    "cancel": 2,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    name: str
+    source: bytes
+    sha: str
+    num_keys: int
+
+
+class ScriptRegistry:
+    """The scripts of one client or worker (no global cache)."""
+
+    def __init__(self) -> None:
+        folder = resources.files(__package__).joinpath("scripts")
+        self.scripts: dict[str, Script] = {}
+        for name, num_keys in SCRIPTS.items():
+            source = folder.joinpath(f"{name}.lua").read_bytes()
+            sha = hashlib.sha1(source).hexdigest()
+            self.scripts[name] = Script(name, source, sha, num_keys)
+
+    def __getitem__(self, name: str) -> Script:
+        return self.scripts[name]
+
+    def args(self, name: str, keys: list[str], argv: list[Any]) -> list[Any]:
+        """EVALSHA arguments for a call of ``name``; checks the key count."""
+        script = self.scripts[name]
+        if len(keys) != script.num_keys:
+            raise ValueError(f"script {name} takes {script.num_keys} keys, got {len(keys)}")
+        return ["EVALSHA", script.sha, script.num_keys, *keys, *argv]
+
+    async def load_all(self, redis: Any) -> None:
+        pipe = redis.pipeline(transaction=False)
+        for script in self.scripts.values():
+            pipe.script_load(script.source)
+        await pipe.execute()
+
+    async def call(self, redis: Any, name: str, keys: list[str], argv: list[Any]) -> Any:
+        args = self.args(name, keys, argv)
+        try:
+            return await redis.execute_command(*args)
+        except NoScriptError:
+            await self.load_all(redis)
+            return await redis.execute_command(*args)
+
+    async def call_many(self, redis: Any, calls: list[list[Any]]) -> list[Any]:
+        """Run EVALSHA calls (from :meth:`args`) in one pipeline; reload scripts on NOSCRIPT.
+
+        Results come back in order; an exception of one call is returned in its place.
+        """
+        results = await self._pipeline(redis, calls)
+        missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        if missing:
+            await self.load_all(redis)
+            retried = await self._pipeline(redis, [calls[i] for i in missing])
+            for i, r in zip(missing, retried, strict=True):
+                results[i] = r
+        return results
+
+    @staticmethod
+    async def _pipeline(redis: Any, calls: list[list[Any]]) -> list[Any]:
+        pipe = redis.pipeline(transaction=False)
+        for args in calls:
+            pipe.execute_command(*args)
+        return list(await pipe.execute(raise_on_error=False))

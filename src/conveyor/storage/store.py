@@ -1,0 +1,518 @@
+"""The Redis store: the small semantic interface the worker, client and CLI talk through.
+
+Transitions (start, complete, fail, promote, heartbeat, replay, cancel) are Lua scripts; this
+module builds their keys and arguments and decodes what comes back. No other module builds a
+key or calls a transition script.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from .. import codec
+from ..errors import (
+    BackPressureError,
+    ConfigurationError,
+    DeadLetterNotFoundError,
+    ReplayError,
+    ScriptCode,
+    WorkflowNotFoundError,
+)
+from ..settings import Settings
+from .keys import Keys
+from .records import DeadLetter, StepError, Task, WorkflowStatus, from_ms
+from .scripts import ScriptRegistry
+
+Call = list[Any]  # EVALSHA arguments, run by Store.commit
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def new_workflow_id() -> str:
+    return uuid.uuid4().hex
+
+
+def idempotent_workflow_id(workflow: str, idempotency_key: str) -> str:
+    """The same (workflow, key) always maps to the same id, so a repeated start is a no-op."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"conveyor:{workflow}:{idempotency_key}").hex
+
+
+def _text(value: bytes | None) -> str | None:
+    return value.decode() if value is not None else None
+
+
+def _entry_order(letter: DeadLetter) -> tuple[int, int]:
+    """Stream entry ids are <ms>-<seq>: order dead letters by when they were written."""
+    ms, _, seq = letter.id.partition(":")[2].partition("-")
+    return int(ms), int(seq or 0)
+
+
+class Store:
+    """Semantic operations on one namespace of one Redis deployment."""
+
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.keys = Keys(settings.namespace, settings.partitions)
+        self.scripts = ScriptRegistry()
+        self._stream_index: dict[str, tuple[int, str]] = {}
+        self._retention = int(settings.retention)
+
+    # -- set-up -----------------------------------------------------------------------------
+
+    async def check_partitions(self) -> None:
+        """Record the partition count on first use; refuse to run with a different one."""
+        key = self.keys.meta
+        await self.redis.hsetnx(key, "partitions", self.settings.partitions)
+        stored = await self.redis.hget(key, "partitions")
+        if stored is not None and int(stored) != self.settings.partitions:
+            raise ConfigurationError(
+                f"namespace {self.settings.namespace!r} was created with {int(stored)} "
+                f"partitions, but this process is configured with {self.settings.partitions}; "
+                "set CONVEYOR_PARTITIONS to match (workflow ids map to partitions)"
+            )
+
+    async def ensure_groups(self, queues: Iterable[str]) -> None:
+        """Create every partition stream of ``queues`` with its consumer group (idempotent)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for queue in queues:
+            for stream in self.keys.streams(queue):
+                pipe.xgroup_create(stream, self.settings.group, id="0", mkstream=True)
+        for result in await pipe.execute(raise_on_error=False):
+            if isinstance(result, ResponseError) and "BUSYGROUP" not in str(result):
+                raise result
+
+    async def register(self, descriptions: dict[str, dict[str, Any]]) -> None:
+        """Publish workflow descriptions so clients without the code can start them."""
+        if descriptions:
+            mapping = {name: codec.dumps(desc) for name, desc in descriptions.items()}
+            await self.redis.hset(self.keys.registry, mapping=mapping)  # type: ignore[arg-type]
+
+    async def lookup(self, workflow: str) -> dict[str, Any] | None:
+        raw = await self.redis.hget(self.keys.registry, workflow)
+        return codec.loads(raw) if raw else None
+
+    def stream_info(self, stream: str) -> tuple[int, str]:
+        """(partition, queue) of a task stream key."""
+        info = self._stream_index.get(stream)
+        if info is None:
+            tag, _, queue = stream[len(self.settings.namespace) + 1 :].partition(":q:")
+            info = (int(tag.strip("{}p")), queue)
+            self._stream_index[stream] = info
+        return info
+
+    # -- start ------------------------------------------------------------------------------
+
+    async def start(
+        self,
+        workflow: str,
+        step: str,
+        queue: str,
+        input: Any = None,
+        *,
+        idempotency_key: str | None = None,
+        request_id: str | None = None,
+    ) -> tuple[str, bool]:
+        """Create a workflow and enqueue its first task. Returns (id, created)."""
+        if idempotency_key is not None:
+            workflow_id = idempotent_workflow_id(workflow, idempotency_key)
+        else:
+            workflow_id = new_workflow_id()
+        partition = self.keys.partition(workflow_id)
+        keys = [self.keys.workflow(workflow_id), self.keys.stream(partition, queue)]
+        argv = [
+            workflow_id,
+            workflow,
+            step,
+            codec.dumps(input),
+            self.settings.backlog_per_partition,
+            now_ms(),
+            request_id or "",
+        ]
+        code, detail = await self.scripts.call(self.redis, "start", keys, argv)
+        if code == ScriptCode.BACKPRESSURE:
+            raise BackPressureError(
+                f"queue {queue!r} is full: partition {partition} holds {int(detail)} tasks "
+                f"(bound {self.settings.backlog_per_partition}); retry later"
+            )
+        return workflow_id, code == ScriptCode.OK
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def parse_entry(self, stream: str, entry_id: bytes, fields: dict[bytes, bytes]) -> Task:
+        """Decode an entry's routing fields; raises KeyError/ValueError for a poison entry."""
+        partition, queue = self.stream_info(stream)
+        return Task(
+            stream=stream,
+            entry_id=entry_id,
+            partition=partition,
+            queue=queue,
+            workflow_id=fields[b"workflow_id"].decode(),
+            workflow=fields[b"workflow"].decode(),
+            step=fields[b"step"].decode(),
+            task=int(fields[b"task"]),
+            attempt=int(fields[b"attempt"]),
+            input=fields.get(b"input") or b"null",
+            state=fields.get(b"state"),
+            request_id=_text(fields.get(b"request_id")),
+        )
+
+    async def read(
+        self, streams: Sequence[str], consumer: str, count: int, block_ms: int | None
+    ) -> list[tuple[str, bytes, dict[bytes, bytes]]]:
+        """New entries for ``consumer`` from ``streams`` (XREADGROUP >), as raw triples."""
+        response = await self.redis.xreadgroup(
+            self.settings.group,
+            consumer,
+            dict.fromkeys(streams, ">"),
+            count=count,
+            block=block_ms,
+        )
+        entries = []
+        for stream, items in response or ():
+            name = stream.decode() if isinstance(stream, bytes) else stream
+            for entry_id, fields in items:
+                entries.append((name, entry_id, fields or {}))
+        return entries
+
+    async def reclaim(
+        self, streams: Sequence[str], consumer: str, min_idle_ms: int, count: int
+    ) -> list[tuple[str, bytes, dict[bytes, bytes], int]]:
+        """Take over entries idle longer than ``min_idle_ms`` (their consumer is presumed dead),
+        at most ``count`` per stream. Two pipelined round trips for all streams.
+
+        Returns (stream, id, fields, deliveries) for each entry taken; entries deleted while
+        pending (Redis 6.2 reports them with no fields) are acknowledged and skipped.
+        """
+        group = self.settings.group
+        pipe = self.redis.pipeline(transaction=False)
+        for stream in streams:
+            pipe.xautoclaim(stream, group, consumer, min_idle_ms, "0-0", count=count)
+        claims = await pipe.execute()
+        taken: list[tuple[str, list[tuple[bytes, dict[bytes, bytes]]]]] = []
+        pipe = self.redis.pipeline(transaction=False)
+        for stream, result in zip(streams, claims, strict=True):
+            claimed = [(eid, fields) for eid, fields in result[1] if eid is not None]
+            gone = [eid for eid, fields in claimed if not fields]
+            live = [(eid, fields) for eid, fields in claimed if fields]
+            if gone:
+                pipe.xack(stream, group, *gone)
+            if live:
+                taken.append((stream, live))
+                pipe.xpending_range(
+                    stream, group, min=live[0][0], max=live[-1][0],
+                    count=len(live) + 1000, consumername=consumer,
+                )  # fmt: skip
+        if not len(pipe):
+            return []
+        replies = [r for r in await pipe.execute() if isinstance(r, list)]
+        out = []
+        for (stream, live), pending in zip(taken, replies, strict=True):
+            deliveries = {p["message_id"]: int(p["times_delivered"]) for p in pending}
+            out.extend((stream, eid, fields, deliveries.get(eid, 1)) for eid, fields in live)
+        return out
+
+    async def heartbeat(self, consumer: str, entries: dict[str, list[bytes]]) -> list[bytes]:
+        """Renew the lease of entries ``consumer`` runs; returns the ids it no longer owns."""
+        calls = [
+            self.scripts.args("heartbeat", [stream], [self.settings.group, consumer, *ids])
+            for stream, ids in entries.items()
+            if ids
+        ]
+        lost: list[bytes] = []
+        for result in await self.scripts.call_many(self.redis, calls):
+            if isinstance(result, Exception):
+                raise result
+            lost.extend(result)
+        return lost
+
+    async def hand_back(self, consumer: str, entries: dict[str, list[bytes]]) -> None:
+        """Mark entries this consumer will not finish as idle for a whole visibility timeout,
+        so another worker takes them over at its next reclaim instead of after a wait."""
+        idle = int(self.settings.visibility_timeout * 1000)
+        pipe = self.redis.pipeline(transaction=False)
+        for stream, ids in entries.items():
+            if ids:
+                pipe.xclaim(stream, self.settings.group, consumer, 0, ids, idle=idle, justid=True)
+        await pipe.execute()
+
+    async def promote(self, queues: Iterable[str], limit: int = 1000) -> int:
+        """Move due delayed tasks of ``queues`` (all partitions) onto their streams."""
+        calls = [
+            self.scripts.args("promote", [self.keys.delayed(p, q), self.keys.stream(p, q)], [limit])
+            for q in queues
+            for p in range(self.settings.partitions)
+        ]
+        moved = 0
+        for result in await self.scripts.call_many(self.redis, calls):
+            if isinstance(result, Exception):
+                raise result
+            moved += int(result[0])
+        return moved
+
+    # -- transitions built by the worker, committed in batches --------------------------------
+
+    def complete_call(
+        self,
+        task: Task,
+        record: bytes,
+        *,
+        next_step: str | None,
+        next_queue: str | None,
+        payload: bytes,
+        state: bytes,
+        now: int,
+    ) -> Call:
+        """Complete ``task``: enqueue ``next_step`` with ``payload``, or finish with it."""
+        partition = task.partition
+        next_stream = self.keys.stream(partition, next_queue) if next_queue else task.stream
+        keys = [
+            task.stream,
+            self.keys.workflow(task.workflow_id),
+            self.keys.history(task.workflow_id),
+            next_stream,
+        ]
+        argv = [
+            self.settings.group,
+            task.entry_id,
+            task.task,
+            record,
+            "next" if next_step else "done",
+            next_step or "",
+            payload,
+            state,
+            now,
+            self._retention,
+            self.keys.finished_channel(partition),
+            task.workflow_id,
+            task.workflow,
+            task.request_id or "",
+        ]
+        return self.scripts.args("complete", keys, argv)
+
+    def fail_call(
+        self,
+        task: Task,
+        record: bytes,
+        *,
+        retry_delay: float | None,
+        error: dict[str, Any],
+        reason: str,
+        now: int,
+    ) -> Call:
+        """Fail an attempt of ``task``: retry after ``retry_delay`` seconds, or (None)
+        dead-letter it and fail the workflow with ``error``."""
+        partition = task.partition
+        keys = [
+            task.stream,
+            self.keys.workflow(task.workflow_id),
+            self.keys.history(task.workflow_id),
+            self.keys.delayed(partition, task.queue),
+            self.keys.dead(partition),
+        ]
+        retry_member = b""
+        dead_fields: list[Any] = []
+        if retry_delay is not None:
+            member: dict[str, Any] = {
+                "workflow_id": task.workflow_id,
+                "workflow": task.workflow,
+                "step": task.step,
+                "task": str(task.task),
+                "attempt": str(task.attempt + 1),
+                "input": task.input.decode(),
+                # a unique member even when two retries of one task are due at once
+                "nonce": uuid.uuid4().hex[:8],
+            }
+            if task.state:
+                member["state"] = task.state.decode()
+            if task.request_id:
+                member["request_id"] = task.request_id
+            retry_member = codec.dumps(member)
+        else:
+            dead_fields = self._dead_fields(task, reason, error, now)
+        argv = [
+            self.settings.group,
+            task.entry_id,
+            task.task,
+            record,
+            "retry" if retry_delay is not None else "dead",
+            int((retry_delay or 0) * 1000),
+            retry_member,
+            codec.dumps(error),
+            now,
+            self._retention,
+            self.keys.finished_channel(partition),
+            task.workflow_id,
+            *dead_fields,
+        ]
+        return self.scripts.args("fail", keys, argv)
+
+    def _dead_fields(self, task: Task, reason: str, error: dict[str, Any], now: int) -> list[Any]:
+        fields: list[Any] = [
+            "workflow_id", task.workflow_id,
+            "workflow", task.workflow,
+            "step", task.step,
+            "task", task.task,
+            "attempt", task.attempt,
+            "queue", task.queue,
+            "input", task.input,
+            "reason", reason,
+            "error", codec.dumps(error),
+            "failed_at", now,
+        ]  # fmt: skip
+        if task.state:
+            fields += ["state", task.state]
+        if task.request_id:
+            fields += ["request_id", task.request_id]
+        return fields
+
+    def poison_call(
+        self, stream: str, entry_id: bytes, fields: dict[bytes, bytes], reason: str
+    ) -> Call:
+        """Dead-letter an entry that cannot even be decoded (it names no valid task)."""
+        partition, queue = self.stream_info(stream)
+        raw = {k.decode(errors="replace"): v for k, v in fields.items()}
+        dead: list[Any] = ["queue", queue, "reason", reason, "failed_at", now_ms()]
+        dead += ["raw", codec.dumps({k: v.decode(errors="replace") for k, v in raw.items()})]
+        dead_stream = self.keys.dead(partition)
+        # a poison entry touches only its stream and the dead letters: the unused workflow
+        # key slots repeat the dead-letter stream, which shares the partition's hash slot
+        keys = [stream, dead_stream, dead_stream, self.keys.delayed(partition, queue), dead_stream]
+        argv = [self.settings.group, entry_id, "", b"", "dead", 0, b"", b"", 0, 0, "", "", *dead]
+        return self.scripts.args("fail", keys, argv)
+
+    async def commit(self, calls: list[Call]) -> list[int | Exception]:
+        """Run transition calls in one pipeline; each result is a ScriptCode value, or the
+        error of that one call (a script error). A connection error raises: it is then
+        unknown which calls ran, and since every transition is idempotent the caller simply
+        commits the same calls again."""
+        results = await self.scripts.call_many(self.redis, calls)
+        return [r if isinstance(r, Exception) else int(r) for r in results]
+
+    # -- reading workflows ------------------------------------------------------------------
+
+    async def get(self, workflow_id: str) -> WorkflowStatus:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(self.keys.workflow(workflow_id))
+        pipe.lrange(self.keys.history(workflow_id), 0, -1)
+        fields, history = await pipe.execute()
+        if not fields:
+            raise WorkflowNotFoundError(f"no workflow with id {workflow_id!r}")
+        return WorkflowStatus.from_redis(workflow_id, fields, history)
+
+    async def get_status(self, workflow_id: str) -> str | None:
+        raw = await self.redis.hget(self.keys.workflow(workflow_id), "status")
+        return _text(raw)
+
+    async def cancel(self, workflow_id: str) -> str:
+        """Cancel a running workflow; returns the status it ends in."""
+        keys = [self.keys.workflow(workflow_id), self.keys.history(workflow_id)]
+        partition = self.keys.partition(workflow_id)
+        argv = [now_ms(), self._retention, self.keys.finished_channel(partition), workflow_id]
+        code, status = await self.scripts.call(self.redis, "cancel", keys, argv)
+        if code == ScriptCode.NOT_FOUND:
+            raise WorkflowNotFoundError(f"no workflow with id {workflow_id!r}")
+        return str(status.decode() if isinstance(status, bytes) else status)
+
+    # -- dead letters -----------------------------------------------------------------------
+
+    @staticmethod
+    def _split_dead_id(dead_id: str) -> tuple[int, str]:
+        tag, sep, entry = dead_id.partition(":")
+        if not sep or not tag.startswith("p") or not tag[1:].isdigit():
+            raise DeadLetterNotFoundError(
+                f"invalid dead-letter id {dead_id!r}: expected p<partition>:<entry id>"
+            )
+        return int(tag[1:]), entry
+
+    @staticmethod
+    def _dead_letter(partition: int, entry_id: bytes, f: dict[bytes, bytes]) -> DeadLetter:
+        error = codec.loads(f.get(b"error"))
+        task = f.get(b"task")
+        return DeadLetter(
+            id=f"p{partition}:{entry_id.decode()}",
+            workflow_id=_text(f.get(b"workflow_id")),
+            workflow=_text(f.get(b"workflow")),
+            step=_text(f.get(b"step")),
+            task=int(task) if task else None,
+            queue=_text(f.get(b"queue")),
+            reason=_text(f.get(b"reason")) or "",
+            error=StepError.model_validate(error) if error else None,
+            failed_at=from_ms(f.get(b"failed_at")),
+        )
+
+    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """Dead letters of every partition, oldest first, at most ``limit``."""
+        pipe = self.redis.pipeline(transaction=False)
+        for p in range(self.settings.partitions):
+            pipe.xrange(self.keys.dead(p), count=limit)
+        letters = []
+        for p, entries in enumerate(await pipe.execute()):
+            letters.extend(self._dead_letter(p, eid, f) for eid, f in entries)
+        letters.sort(key=_entry_order)
+        return letters[:limit]
+
+    async def dead_letter(self, dead_id: str) -> DeadLetter:
+        partition, entry = self._split_dead_id(dead_id)
+        found = await self.redis.xrange(self.keys.dead(partition), entry, entry)
+        if not found:
+            raise DeadLetterNotFoundError(f"no dead letter {dead_id!r}")
+        return self._dead_letter(partition, found[0][0], found[0][1])
+
+    async def replay(self, dead_id: str) -> str:
+        """Re-run the failed step of a dead letter's workflow; returns the workflow id."""
+        letter = await self.dead_letter(dead_id)
+        if not letter.workflow_id or not letter.queue or letter.task is None:
+            raise ReplayError(f"dead letter {dead_id} names no workflow task: drop it instead")
+        partition, entry = self._split_dead_id(dead_id)
+        keys = [
+            self.keys.dead(partition),
+            self.keys.workflow(letter.workflow_id),
+            self.keys.history(letter.workflow_id),
+            self.keys.stream(partition, letter.queue),
+        ]
+        code, detail = await self.scripts.call(self.redis, "replay", keys, [entry, now_ms()])
+        detail = detail.decode() if isinstance(detail, bytes) else str(detail)
+        if code == ScriptCode.NOT_FOUND and detail == "entry":
+            raise DeadLetterNotFoundError(f"no dead letter {dead_id!r}")
+        if code == ScriptCode.NOT_FOUND:
+            raise ReplayError(
+                f"workflow {letter.workflow_id} of dead letter {dead_id} has expired; "
+                "its state is gone, so it cannot be replayed"
+            )
+        if code == ScriptCode.NOT_FAILED:
+            raise ReplayError(
+                f"workflow {letter.workflow_id} is {detail!r}, not failed; nothing replayed"
+            )
+        return letter.workflow_id
+
+    async def drop_dead_letter(self, dead_id: str) -> None:
+        partition, entry = self._split_dead_id(dead_id)
+        if not await self.redis.xdel(self.keys.dead(partition), entry):
+            raise DeadLetterNotFoundError(f"no dead letter {dead_id!r}")
+
+    # -- queues -----------------------------------------------------------------------------
+
+    async def backlog(self, queues: Iterable[str]) -> dict[str, dict[str, int]]:
+        """Per queue: tasks in its streams (waiting or running) and tasks delayed."""
+        queues = list(queues)
+        pipe = self.redis.pipeline(transaction=False)
+        for q in queues:
+            for p in range(self.settings.partitions):
+                pipe.xlen(self.keys.stream(p, q))
+                pipe.zcard(self.keys.delayed(p, q))
+        values = await pipe.execute()
+        out: dict[str, dict[str, int]] = {}
+        per_queue = 2 * self.settings.partitions
+        for i, q in enumerate(queues):
+            chunk = values[i * per_queue : (i + 1) * per_queue]
+            out[q] = {"stream": sum(chunk[0::2]), "delayed": sum(chunk[1::2])}
+        return out

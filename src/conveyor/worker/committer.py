@@ -1,0 +1,106 @@
+"""Commits transitions in batches: whatever finished while the previous batch was in flight
+goes out in the next single pipeline, so load raises the batch size instead of round trips."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..errors import ScriptCode
+from ..storage.connection import UNAVAILABLE
+from ..storage.records import Task
+from ..storage.store import Call, Store
+from .resilience import Backoff
+
+log = logging.getLogger("conveyor.worker")
+
+
+@dataclass(slots=True)
+class Stats:
+    """Counters of one worker process (read by tests, benchmarks and `conveyor top`)."""
+
+    completed: int = 0
+    retried: int = 0
+    dead: int = 0
+    duplicates: int = 0
+    reclaimed: int = 0
+    poison: int = 0
+    errors: int = 0
+    batches: int = 0
+
+
+class Committer:
+    def __init__(
+        self,
+        store: Store,
+        stats: Stats,
+        on_done: Callable[[Task | None], None],
+        max_batch: int = 512,
+    ) -> None:
+        self.store = store
+        self.stats = stats
+        self.on_done = on_done
+        self.max_batch = max_batch
+        self.pending: list[tuple[Call, Task | None, str]] = []
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._closing = False
+
+    def submit(self, call: Call, task: Task | None, kind: str) -> None:
+        self.pending.append((call, task, kind))
+        self._idle.clear()
+        self._wake.set()
+
+    def __len__(self) -> int:
+        return len(self.pending)
+
+    async def run(self) -> None:
+        backoff = Backoff()
+        while True:
+            if not self.pending:
+                self._idle.set()
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batch = self.pending[: self.max_batch]
+            try:
+                results = await self.store.commit([call for call, _, _ in batch])
+            except UNAVAILABLE as exc:
+                # It is unknown which calls ran: send them all again once Redis is back
+                # (transitions are idempotent; a repeat is answered DUPLICATE).
+                await backoff.wait("committing step results", exc)
+                continue
+            backoff.reset()
+            del self.pending[: len(batch)]
+            self.stats.batches += 1
+            for (_, task, kind), result in zip(batch, results, strict=True):
+                self._count(task, kind, result)
+                self.on_done(task)
+
+    def _count(self, task: Task | None, kind: str, result: int | Exception) -> None:
+        if isinstance(result, Exception):
+            # A script error (a bug, or Redis out of memory): the entry stays pending
+            # with no lease, so it is redelivered and finally dead-lettered; never lost.
+            self.stats.errors += 1
+            log.error("commit of %s for %s failed: %s", kind, task, result)
+        elif result == ScriptCode.DUPLICATE:
+            self.stats.duplicates += 1
+        elif kind == "completed":
+            self.stats.completed += 1
+        elif kind == "retried":
+            self.stats.retried += 1
+        elif kind == "poison":
+            self.stats.poison += 1
+        else:
+            self.stats.dead += 1
+
+    async def drain(self) -> None:
+        """Commit everything submitted so far, then stop the loop."""
+        self._closing = True
+        self._wake.set()
+        await self._idle.wait()

@@ -1,0 +1,69 @@
+"""Reads new task entries in batches (XREADGROUP) and hands them to the dispatcher, never
+more than there are free step slots, so nothing waits unstarted in this process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from redis.exceptions import ResponseError
+
+from ..storage.connection import UNAVAILABLE
+from ..storage.store import Store
+from .inflight import Capacity
+from .resilience import Backoff
+
+log = logging.getLogger("conveyor.worker")
+
+RawEntry = tuple[str, bytes, dict[bytes, bytes]]
+
+
+class Reader:
+    def __init__(
+        self,
+        store: Store,
+        consumer: str,
+        streams: list[str],
+        queues: list[str],
+        capacity: Capacity,
+        dispatch: Callable[[RawEntry, int], None],
+        batch_size: int,
+        block_ms: int,
+    ) -> None:
+        self.store = store
+        self.consumer = consumer
+        self.streams = streams
+        self.queues = queues
+        self.capacity = capacity
+        self.dispatch = dispatch
+        self.batch_size = batch_size
+        self.block_ms = block_ms
+        self.idle_reads = 0  # consecutive reads that returned nothing
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        backoff = Backoff()
+        while not stopping.is_set():
+            free = await self.capacity.wait_free()
+            if stopping.is_set():
+                return
+            try:
+                entries = await self.store.read(
+                    self.streams, self.consumer, min(free, self.batch_size), self.block_ms
+                )
+                backoff.reset()
+            except UNAVAILABLE as exc:
+                await backoff.wait("reading tasks", exc)
+                continue
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                # Redis lost its data (no persistence) or a stream was deleted: recreate.
+                log.warning("consumer group missing; creating it again")
+                await self.store.ensure_groups(self.queues)
+                continue
+            self.idle_reads = 0 if entries else self.idle_reads + 1
+            for entry in entries:
+                self.dispatch(entry, 1)
+            if not entries:
+                await asyncio.sleep(0)

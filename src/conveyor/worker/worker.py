@@ -1,0 +1,283 @@
+"""The worker process: wires the reader, step runner, committer, lease keeper, reclaimer and
+promoter together, and owns the lifecycle (start, drain on stop)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+from typing import Any
+
+from redis.asyncio import Redis
+
+from ..app import App
+from ..errors import ConfigurationError
+from ..storage.connection import UNAVAILABLE, connect
+from ..storage.records import Task
+from ..storage.store import Store
+from .committer import Committer, Stats
+from .inflight import Capacity, InFlight
+from .lease import LeaseKeeper
+from .promoter import Promoter
+from .reader import RawEntry, Reader
+from .reclaimer import Reclaimer
+from .resilience import Backoff, every
+from .runner import StepRunner
+
+log = logging.getLogger("conveyor.worker")
+
+
+def default_worker_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class Worker:
+    """Runs the steps of ``app`` from Redis until stopped.
+
+    Use as ``async with Worker(app) as w: await w.run()``, or ``await Worker(app).run()``.
+    ``run(until_idle=True)`` returns once every queue of the app is empty (for tests).
+
+    Args:
+        concurrency: steps running at once in this process.
+        queues: queues to serve (default: every queue the app's steps use).
+        threads: size of the thread pool for sync steps (default: ``concurrency``, max 64).
+        batch_size: most entries read per XREADGROUP call.
+        drain_timeout: seconds a stopping worker lets running steps finish; the rest are
+            handed back to other workers.
+    """
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        concurrency: int = 64,
+        queues: list[str] | None = None,
+        name: str | None = None,
+        threads: int | None = None,
+        batch_size: int = 256,
+        block_ms: int = 500,
+        drain_timeout: float = 30.0,
+        promote_interval: float = 0.1,
+        reclaim_interval: float | None = None,
+        redis: Redis | None = None,
+    ) -> None:
+        self.app = app
+        self.settings = app.settings
+        self.name = name or default_worker_name()
+        self.queues = list(queues or app.queues)
+        unknown = set(self.queues) - set(app.queues)
+        if unknown:
+            raise ConfigurationError(
+                f"no step of this app runs on queue(s) {sorted(unknown)}; "
+                f"its queues are {app.queues}"
+            )
+        self.redis = redis or connect(self.settings.redis_url)
+        self._owns_redis = redis is None
+        self.store = Store(self.redis, self.settings)
+        self.streams = [s for q in self.queues for s in self.store.keys.streams(q)]
+        self.stats = Stats()
+        self.capacity = Capacity(concurrency)
+        self.inflight = InFlight()
+        self.runner = StepRunner(app, self.store, self.name, threads or min(concurrency, 64))
+        self.committer = Committer(self.store, self.stats, self._committed)
+        self.reader = Reader(
+            self.store,
+            self.name,
+            self.streams,
+            self.queues,
+            self.capacity,
+            self._dispatch,
+            batch_size,
+            block_ms,
+        )
+        self.reclaimer = Reclaimer(
+            self.store, self.name, self.streams, self.capacity, self._dispatch
+        )
+        self.promoter = Promoter(self.store, self.queues)
+        self.lease = LeaseKeeper(self.store, self.name, self.inflight, self.queues)
+        self.drain_timeout = drain_timeout
+        self.promote_interval = promote_interval
+        vt = self.settings.visibility_timeout
+        self.reclaim_interval = reclaim_interval or max(0.5, vt / 4)
+        self.stopping = asyncio.Event()
+        self._running: set[asyncio.Task[None]] = set()
+        self._loops: list[asyncio.Task[Any]] = []
+        self._started = False
+        self._stopped = False
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.name} queues={self.queues}>"
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Worker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def _setup(self) -> None:
+        await self.store.check_partitions()
+        await self.store.scripts.load_all(self.redis)
+        await self.store.ensure_groups(self.queues)
+        await self.store.register(
+            {
+                name: {
+                    "start": wf.start_step.name,
+                    "queue": wf.start_step.queue,
+                    "steps": {s.name: s.queue for s in wf.steps.values()},
+                }
+                for name, wf in self.app.workflows.items()
+            }
+        )
+
+    async def start(self) -> None:
+        """Connect (waiting out a Redis outage), prepare the streams, start the loops."""
+        if self._started:
+            return
+        backoff = Backoff(cap=2.0)
+        while not self.stopping.is_set():
+            try:
+                await self._setup()
+                break
+            except UNAVAILABLE as exc:
+                await backoff.wait(f"worker {self.name} starting", exc)
+        self._started = True
+        log.info(
+            "worker %s serving queues %s (%d partitions, concurrency %d)",
+            self.name, self.queues, self.settings.partitions, self.capacity.limit,
+        )  # fmt: skip
+        stop = self.stopping
+        vt = self.settings.visibility_timeout
+        self._loops = [
+            asyncio.create_task(self.reader.run(stop), name="conveyor-reader"),
+            asyncio.create_task(self.committer.run(), name="conveyor-committer"),
+            asyncio.create_task(
+                every(self.promote_interval, "promoting delayed tasks", self.promoter.promote, stop)
+            ),
+            asyncio.create_task(
+                every(
+                    self.reclaim_interval, "reclaiming stalled tasks", self.reclaimer.reclaim, stop
+                )
+            ),
+            asyncio.create_task(every(max(0.5, vt / 3), "renewing leases", self.lease.renew, stop)),
+        ]
+
+    def request_stop(self) -> None:
+        """Ask the worker to stop reading and drain (safe to call from a signal handler)."""
+        self.stopping.set()
+
+    async def run(self, *, until_idle: bool = False) -> Stats:
+        """Run until :meth:`request_stop` (or, with ``until_idle``, until nothing is left)."""
+        await self.start()
+        try:
+            if until_idle:
+                await self._wait_idle()
+            else:
+                await self.stopping.wait()
+        finally:
+            await self.stop()
+        return self.stats
+
+    async def _wait_idle(self) -> None:
+        while not self.stopping.is_set():
+            await asyncio.sleep(0.05)
+            if self.inflight or self.committer or self.reader.idle_reads == 0:
+                continue
+            try:
+                backlog = await self.store.backlog(self.queues)
+            except UNAVAILABLE:
+                continue
+            if all(v["stream"] == 0 and v["delayed"] == 0 for v in backlog.values()):
+                return
+        return
+
+    async def stop(self) -> None:
+        """Stop reading, let running steps finish within ``drain_timeout``, commit their
+        results, and hand whatever is left back to other workers. Loses nothing."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self.stopping.set()
+        reader, committer, *periodic = self._loops or [None, None]
+        for task in [t for t in (reader, *periodic) if t is not None]:
+            try:
+                await asyncio.wait_for(task, timeout=self.reader.block_ms / 1000 + 2)
+            except (TimeoutError, asyncio.CancelledError):
+                pass
+            except Exception:
+                log.exception("worker loop ended with an error")
+        if self._running:
+            log.info(
+                "draining %d running steps (up to %.0fs)", len(self._running), self.drain_timeout
+            )
+            done, still = await asyncio.wait(self._running, timeout=self.drain_timeout)
+            for t in still:
+                t.cancel()
+            if still:
+                await asyncio.wait(still, timeout=1.0)
+        if committer is not None:
+            try:
+                await asyncio.wait_for(self.committer.drain(), timeout=self.drain_timeout)
+            except TimeoutError:
+                log.warning("could not commit %d results: Redis unavailable", len(self.committer))
+            committer.cancel()
+        await self._hand_back()
+        self.runner.close()
+        if self._owns_redis:
+            await self.redis.aclose()
+        log.info("worker %s stopped", self.name)
+
+    async def _hand_back(self) -> None:
+        leftovers = self.inflight.by_stream()
+        try:
+            if leftovers:
+                await self.store.hand_back(self.name, leftovers)
+                log.info("handed back %d unfinished entries", sum(map(len, leftovers.values())))
+            await self.lease.forget()
+        except UNAVAILABLE as exc:
+            log.warning("could not hand back entries (%s); they will be reclaimed later", exc)
+
+    # -- dispatch ---------------------------------------------------------------------------
+
+    def _dispatch(self, entry: RawEntry, deliveries: int) -> None:
+        stream, entry_id, fields = entry
+        try:
+            task = self.store.parse_entry(stream, entry_id, fields)
+        except (KeyError, ValueError, UnicodeDecodeError) as exc:
+            reason = f"undecodable task entry ({type(exc).__name__}: {exc})"
+            log.error("dead-lettering entry %s of %s: %s", entry_id, stream, reason)
+            self.committer.submit(
+                self.store.poison_call(stream, entry_id, fields, reason), None, "poison"
+            )
+            return
+        if task.ref in self.inflight.tasks:
+            return  # our own entry, reclaimed after a missed lease renewal: already running
+        task.deliveries = deliveries
+        self.inflight.add(task)
+        if deliveries > 1:
+            self.stats.reclaimed += 1
+        limit = self.settings.max_deliveries
+        if deliveries > limit:
+            reason = f"delivered {deliveries} times (limit {limit}); it may crash workers"
+            call = self.runner.dead_letter(task, reason, "DeliveryLimitExceeded")
+            self.committer.submit(call, task, "dead")
+            return
+        self.capacity.take()
+        running = asyncio.create_task(self._execute(task))
+        self._running.add(running)
+        running.add_done_callback(self._running.discard)
+
+    async def _execute(self, task: Task) -> None:
+        try:
+            outcome = await self.runner.run(task)
+        finally:
+            self.capacity.release()
+        self.committer.submit(outcome.call, task, outcome.kind)
+
+    def _committed(self, task: Task | None) -> None:
+        if task is not None:
+            self.inflight.discard(task)
