@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -56,7 +57,5 @@ async def every(
             continue
         except Exception:
             log.exception("%s failed; trying again in %.1fs", what, interval)
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), interval)
-        except TimeoutError:
-            pass

@@ -214,7 +214,7 @@ class Worker:
             log.info(
                 "draining %d running steps (up to %.0fs)", len(self._running), self.drain_timeout
             )
-            done, still = await asyncio.wait(self._running, timeout=self.drain_timeout)
+            _done, still = await asyncio.wait(self._running, timeout=self.drain_timeout)
             for t in still:
                 t.cancel()
             if still:
