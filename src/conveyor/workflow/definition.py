@@ -62,8 +62,11 @@ class Step:
         try:
             return self.input_adapter.validate_python(value)
         except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'input'}: {e['msg']}" for e in exc.errors()
+            )
             raise StepInputError(
-                f"input of step {self.qualified_name!r} is invalid: {exc}"
+                f"input of step {self.qualified_name!r} is invalid: {problems}"
             ) from exc
 
 

