@@ -33,7 +33,9 @@ async def snapshot(r: aredis.Redis, namespace: str) -> dict[str, Any]:
             out[key] = await r.zrange(key, 0, -1, withscores=True)
         elif kind == "stream":
             groups = {g["name"] for g in await r.xinfo_groups(key)}
-            pending = (await r.xpending(key, GROUP))["pending"] if GROUP.encode() in groups else None
+            pending = (
+                (await r.xpending(key, GROUP))["pending"] if GROUP.encode() in groups else None
+            )
             out[key] = (await r.xrange(key), pending)
         else:
             out[key] = await r.get(key)
@@ -124,7 +126,12 @@ async def test_complete_enqueues_next_then_is_idempotent(store: Store, namespace
     entries, pending = snap[task.stream]
     assert pending == 0 and len(entries) == 1  # the old entry is ACKed and deleted
     nxt = entries[0][1]
-    assert (nxt[b"step"], nxt[b"task"], nxt[b"input"], nxt[b"state"]) == (b"b", b"2", b"2", b'{"n":1}')
+    assert (nxt[b"step"], nxt[b"task"], nxt[b"input"], nxt[b"state"]) == (
+        b"b",
+        b"2",
+        b"2",
+        b'{"n":1}',
+    )
     assert nxt[b"request_id"] == b"r"
     # a redelivered copy of the same entry is dropped: nothing changes
     assert await store.commit([call]) == [ScriptCode.DUPLICATE]
@@ -189,7 +196,11 @@ async def test_fail_dead_letters_and_fails_workflow(store: Store, namespace: str
     assert await store.commit([call]) == [ScriptCode.OK]
     status = await store.get(wf_id)
     assert status.status == "failed" and status.error is not None
-    assert (status.error.type, status.error.message, status.error.traceback) == ("ValueError", "bad", "tb")
+    assert (status.error.type, status.error.message, status.error.traceback) == (
+        "ValueError",
+        "bad",
+        "tb",
+    )
     assert await store.redis.ttl(store.keys.workflow(wf_id)) > 0
     [letter] = await store.dead_letters()
     assert letter.workflow_id == wf_id and letter.step == "a" and letter.queue == "default"
@@ -206,7 +217,9 @@ async def test_poison_entry_is_dead_lettered(store: Store, namespace: str) -> No
     [(s, entry_id, fields)] = await store.read([stream], "c1", 10, None)
     assert await store.commit([store.poison_call(s, entry_id, fields, "undecodable")]) == [0]
     [letter] = await store.dead_letters()
-    assert letter.reason == "undecodable" and letter.workflow_id is None and letter.queue == "default"
+    assert (
+        letter.reason == "undecodable" and letter.workflow_id is None and letter.queue == "default"
+    )
     assert (await snapshot(store.redis, namespace))[stream] == ([], 0)
     with pytest.raises(ReplayError, match="names no workflow task"):
         await store.replay(letter.id)
@@ -228,6 +241,10 @@ async def test_heartbeat_renews_own_entries_only(store: Store) -> None:
     assert await store.heartbeat("c1", {task.stream: [task.entry_id]}) == [task.entry_id]
     [info] = await store.redis.xpending_range(task.stream, GROUP, "-", "+", 10)
     assert info["consumer"] == b"c2"
+    # once committed (ACKed) it is neither renewed nor reported lost
+    await store.redis.xack(task.stream, GROUP, task.entry_id)
+    assert await store.heartbeat("c1", {task.stream: [task.entry_id]}) == []
+    assert await store.redis.xpending_range(task.stream, GROUP, "-", "+", 10) == []
 
 
 async def test_reclaim_takes_idle_entries_with_delivery_counts(store: Store) -> None:

@@ -20,10 +20,10 @@ from conveyor import (
     ResultTimeoutError,
     Retry,
     UnknownWorkflowError,
+    Workflow,
     WorkflowCancelledError,
     WorkflowFailedError,
     WorkflowNotFoundError,
-    Workflow,
     done,
     goto,
 )
@@ -50,7 +50,11 @@ async def test_pipeline_runs_every_step_once(make_app: MakeApp, client_for: Clie
     worker = await drain(app)
     assert worker.stats.completed == 60 and worker.stats.duplicates == 0
     for i, wf_id in enumerate(ids):
-        assert await client.result(wf_id, timeout=1) == {"value": (i + 1) * 10, "workflow": "p", "task": 3}
+        assert await client.result(wf_id, timeout=1) == {
+            "value": (i + 1) * 10,
+            "workflow": "p",
+            "task": 3,
+        }
         st = await client.status(wf_id)
         assert [(h.step, h.status, h.attempt) for h in st.history] == [
             ("one", "completed", 1), ("two", "completed", 1), ("three", "completed", 1)
@@ -135,7 +139,9 @@ async def test_pydantic_input_converted_or_failed_without_retry(
         await client.result(bad, timeout=1)
     err = info.value.error
     assert err["type"] == "StepInputError" and err["step"] == "charge"
-    assert "amount: Input should be a valid number" in err["message"] and "currency" in err["message"]
+    assert (
+        "amount: Input should be a valid number" in err["message"] and "currency" in err["message"]
+    )
     st = await client.status(bad)
     assert [h.attempt for h in st.history] == [1]  # no retry for invalid input
 
@@ -159,7 +165,11 @@ async def test_retry_then_success(make_app: MakeApp, client_for: ClientFor) -> N
     assert attempts == [1, 2, 3]
     assert worker.stats.retried == 2 and worker.stats.completed == 1
     st = await client.status(wf_id)
-    assert [(h.attempt, h.status) for h in st.history] == [(1, "failed"), (2, "failed"), (3, "completed")]
+    assert [(h.attempt, h.status) for h in st.history] == [
+        (1, "failed"),
+        (2, "failed"),
+        (3, "completed"),
+    ]
     assert st.history[0].error is not None and st.history[0].error.type == "ConnectionError"
 
 
@@ -213,7 +223,11 @@ async def test_retries_exhausted_dead_letter_then_replay(
     with pytest.raises(WorkflowFailedError) as info:
         await client.result(wf_id, timeout=1)
     error = info.value.error
-    assert (error["type"], error["message"], error["step"]) == ("ValueError", "cannot send mail", "send")
+    assert (error["type"], error["message"], error["step"]) == (
+        "ValueError",
+        "cannot send mail",
+        "send",
+    )
     assert "Traceback" in error["traceback"] and "raise ValueError" in error["traceback"]
     [letter] = await client.dead_letters()
     assert (letter.workflow_id, letter.step, letter.workflow) == (wf_id, "send", "fragile")
@@ -252,7 +266,9 @@ async def test_step_timeout_fails_the_attempt(make_app: MakeApp, client_for: Cli
     assert "timeout of 0.1s" in first.error.message
 
 
-async def test_unserializable_result_fails_clearly(make_app: MakeApp, client_for: ClientFor) -> None:
+async def test_unserializable_result_fails_clearly(
+    make_app: MakeApp, client_for: ClientFor
+) -> None:
     wf = Workflow("bad_result")
 
     @wf.step(retries=3)

@@ -7,14 +7,17 @@
 -- ARGV[2]  consumer (this worker)
 -- ARGV[3..] entry ids this worker is running
 --
--- Returns the ids this worker no longer owns (taken over, or already acknowledged).
+-- Returns the ids another consumer has taken over. (An id no longer pending at all was
+-- committed meanwhile: nothing to renew, nothing lost.)
 local lost = {}
 for i = 3, #ARGV do
   local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
-  if p[1] and p[1][2] == ARGV[2] then
-    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
-  else
-    lost[#lost + 1] = ARGV[i]
+  if p[1] then
+    if p[1][2] == ARGV[2] then
+      redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    else
+      lost[#lost + 1] = ARGV[i]
+    end
   end
 end
 return lost
