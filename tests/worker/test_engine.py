@@ -279,7 +279,7 @@ async def test_unserializable_result_fails_clearly(
     client = client_for(app)
     wf_id = await client.start("bad_result", None)
     await drain(app)
-    with pytest.raises(WorkflowFailedError, match="ResultEncodingError: step bad_result.produce"):
+    with pytest.raises(WorkflowFailedError, match=r"ResultEncodingError: step bad_result\.produce"):
         await client.result(wf_id, timeout=1)
 
 
@@ -374,7 +374,7 @@ async def test_client_errors(make_app: MakeApp, client_for: ClientFor) -> None:
     with pytest.raises(WorkflowNotFoundError):
         await client.status("0" * 32)
     wf_id = await client.start("c", 1)
-    with pytest.raises(ResultTimeoutError, match="did not finish within 0.1s"):
+    with pytest.raises(ResultTimeoutError, match=r"did not finish within 0\.1s"):
         await client.result(wf_id, timeout=0.1)
     await client.cancel(wf_id)
     with pytest.raises(WorkflowCancelledError):

@@ -59,7 +59,9 @@ class Store:
     """Semantic operations on one namespace of one Redis deployment."""
 
     def __init__(self, redis: Redis, settings: Settings) -> None:
-        self.redis = redis
+        # redis-py's command annotations are unions of sync and async results: type the
+        # client loosely here and keep this module's own signatures precise instead
+        self.redis: Any = redis
         self.settings = settings
         self.keys = Keys(settings.namespace, settings.partitions)
         self.scripts = ScriptRegistry()
@@ -94,7 +96,7 @@ class Store:
         """Publish workflow descriptions so clients without the code can start them."""
         if descriptions:
             mapping = {name: codec.dumps(desc) for name, desc in descriptions.items()}
-            await self.redis.hset(self.keys.registry, mapping=mapping)  # type: ignore[arg-type]
+            await self.redis.hset(self.keys.registry, mapping=mapping)
 
     async def lookup(self, workflow: str) -> dict[str, Any] | None:
         raw = await self.redis.hget(self.keys.registry, workflow)
@@ -176,7 +178,7 @@ class Store:
             count=count,
             block=block_ms,
         )
-        entries = []
+        entries: list[tuple[str, bytes, dict[bytes, bytes]]] = []
         for stream, items in response or ():
             name = stream.decode() if isinstance(stream, bytes) else stream
             for entry_id, fields in items:
@@ -214,7 +216,7 @@ class Store:
         if not len(pipe):
             return []
         replies = [r for r in await pipe.execute() if isinstance(r, list)]
-        out = []
+        out: list[tuple[str, bytes, dict[bytes, bytes], int]] = []
         for (stream, live), pending in zip(taken, replies, strict=True):
             deliveries = {p["message_id"]: int(p["times_delivered"]) for p in pending}
             out.extend((stream, eid, fields, deliveries.get(eid, 1)) for eid, fields in live)
@@ -454,7 +456,7 @@ class Store:
         pipe = self.redis.pipeline(transaction=False)
         for p in range(self.settings.partitions):
             pipe.xrange(self.keys.dead(p), count=limit)
-        letters = []
+        letters: list[DeadLetter] = []
         for p, entries in enumerate(await pipe.execute()):
             letters.extend(self._dead_letter(p, eid, f) for eid, f in entries)
         letters.sort(key=_entry_order)

@@ -202,7 +202,8 @@ class Worker:
             return
         self._stopped = True
         self.stopping.set()
-        reader, committer, *periodic = self._loops or [None, None]
+        loops: list[asyncio.Task[Any] | None] = [*self._loops] or [None, None]
+        reader, committer, *periodic = loops
         for task in [t for t in (reader, *periodic) if t is not None]:
             try:
                 await asyncio.wait_for(task, timeout=self.reader.block_ms / 1000 + 2)

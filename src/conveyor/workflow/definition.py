@@ -6,7 +6,7 @@ import inspect
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any, get_type_hints
+from typing import Any, get_type_hints, overload
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
@@ -112,9 +112,14 @@ class Workflow:
 
     # -- definition -------------------------------------------------------------------------
 
+    @overload
+    def step(self, fn: StepFunction, /) -> Step: ...
+
+    @overload
     def step(
         self,
-        fn: StepFunction | None = None,
+        fn: StepFunction,
+        /,
         *,
         name: str | None = None,
         start: bool = False,
@@ -123,7 +128,36 @@ class Workflow:
         backoff: float | RetryPolicy = 1.0,
         timeout: float | None = None,
         queue: str | None = None,
-    ) -> Any:
+    ) -> Step: ...
+
+    @overload
+    def step(
+        self,
+        fn: None = None,
+        /,
+        *,
+        name: str | None = None,
+        start: bool = False,
+        then: Step | str | None = None,
+        retries: int = 0,
+        backoff: float | RetryPolicy = 1.0,
+        timeout: float | None = None,
+        queue: str | None = None,
+    ) -> Callable[[StepFunction], Step]: ...
+
+    def step(
+        self,
+        fn: StepFunction | None = None,
+        /,
+        *,
+        name: str | None = None,
+        start: bool = False,
+        then: Step | str | None = None,
+        retries: int = 0,
+        backoff: float | RetryPolicy = 1.0,
+        timeout: float | None = None,
+        queue: str | None = None,
+    ) -> Step | Callable[[StepFunction], Step]:
         """Register a step. Usable bare (``@wf.step``) or with options (``@wf.step(...)``).
 
         ``then`` is the step that receives this step's return value (a step object or a step

@@ -1,0 +1,149 @@
+"""The command line, run as a real subprocess against a real Redis."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from conveyor import App, Client, NonRetryableError, Worker, Workflow
+from conveyor.embedded import EmbeddedRedis, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def conveyor(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "conveyor", *args],
+        capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+    )  # fmt: skip
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], text: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    assert text in lines[0]
+
+
+@pytest.fixture
+def env(redis7: EmbeddedRedis, namespace: str) -> dict[str, str]:
+    return {"REDIS_URL": redis7.url, "CONVEYOR_NAMESPACE": namespace, "CONVEYOR_PARTITIONS": "4"}
+
+
+def test_help_lists_the_commands() -> None:
+    result = conveyor("--help")
+    assert result.returncode == 0
+    for command in ("worker", "dev", "start", "status", "cancel", "dlq"):
+        assert re.search(rf"│ {command}\s", result.stdout), command
+    assert conveyor("dlq", "--help").returncode == 0
+
+
+def test_readable_errors(env: dict[str, str]) -> None:
+    assert_one_line_error(conveyor("start", "nope", env=env), "unknown workflow 'nope'")
+    assert_one_line_error(conveyor("start", "x", "--input", "{bad", env=env), "--input is not valid JSON")
+    assert_one_line_error(conveyor("status", "0" * 32, env=env), "no workflow with id")
+    assert_one_line_error(conveyor("dlq", "replay", env=env), "give dead-letter ids")
+    assert_one_line_error(conveyor("dlq", "drop", "bogus", env=env), "invalid dead-letter id 'bogus'")
+    closed = {**env, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    assert_one_line_error(conveyor("status", "abc", env=closed), "cannot reach Redis")
+    assert_one_line_error(conveyor("worker", "no_such_module:app", env=env), "cannot import module")
+    assert_one_line_error(conveyor("worker", "conveyor.demo:nothing", env=env), "has no attribute 'nothing'")
+    assert_one_line_error(conveyor("status", "x", env={**env, "REDIS_URL": "http://x"}), "unsupported Redis URL")
+
+
+def test_worker_processes_start_status_and_sigterm(env: dict[str, str]) -> None:
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "conveyor", "worker", "conveyor.demo:app", "--processes", "2"],
+        env={**os.environ, **env}, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        registry = redis.Redis.from_url(env["REDIS_URL"])
+        deadline = time.monotonic() + 20
+        while not registry.hexists(f"{env['CONVEYOR_NAMESPACE']}:workflows", "demo"):
+            assert time.monotonic() < deadline, "the workers never registered"
+            time.sleep(0.05)
+        registry.close()
+        result = conveyor("start", "demo", "--input", '"cli"', "--wait", "--timeout", "20", env=env)
+        assert result.returncode == 0, result.stderr
+        assert '"message": "HELLO, CLI!!!"' in result.stdout
+        workflow_id = result.stderr.split()[-1]
+        status = conveyor("status", workflow_id, env=env)
+        assert status.returncode == 0 and "completed" in status.stdout and "shout" in status.stdout
+        as_json = conveyor("status", workflow_id, "--json", env=env)
+        assert '"status": "completed"' in as_json.stdout
+        started = conveyor("start", "demo", "--input", '"again"', env=env)
+        assert re.fullmatch(r"[0-9a-f]{32}\n", started.stdout)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        output, _ = worker.communicate(timeout=30)
+    assert worker.returncode == 0, output
+    assert output.count("serving queues") == 2 and output.count("stopped") >= 2
+
+
+def test_dlq_list_replay_drop(redis7: EmbeddedRedis, namespace: str, env: dict[str, str]) -> None:
+    broken = {"on": True}
+    wf = Workflow("dlq")
+
+    @wf.step
+    def fragile(ctx, x):
+        if broken["on"]:
+            raise NonRetryableError(f"bad {x}")
+        return x
+
+    app = App([wf], redis_url=redis7.url, namespace=namespace, partitions=4)
+    import asyncio
+
+    with Client(app=app) as client:
+        ids = [client.start("dlq", i) for i in range(3)]
+        asyncio.run(Worker(app, block_ms=50).run(until_idle=True))
+        listing = conveyor("dlq", "list", env={**env, "COLUMNS": "250"})
+        assert listing.returncode == 0 and listing.stdout.count("NonRetryableError: bad") == 3
+        as_json = conveyor("dlq", "list", "--json", env=env)
+        assert as_json.stdout.count('"type":"NonRetryableError"') == 3
+        letters = client.dead_letters()
+        replay = conveyor("dlq", "replay", letters[0].id, env=env)
+        assert replay.returncode == 0 and f"-> workflow {letters[0].workflow_id}" in replay.stdout
+        again = conveyor("dlq", "replay", letters[0].id, env=env)
+        assert again.returncode == 1 and "no dead letter" in again.stderr
+        broken["on"] = False
+        asyncio.run(Worker(app, block_ms=50).run(until_idle=True))
+        assert client.status(letters[0].workflow_id or "").status == "completed"
+        dropped = conveyor("dlq", "drop", "--all", env=env)
+        assert dropped.returncode == 0 and dropped.stdout.count("dropped") == 2
+        assert client.dead_letters() == [] and len(ids) == 3
+
+
+def test_dev_runs_embedded_redis_and_worker(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    dev = subprocess.Popen(
+        [sys.executable, "-m", "conveyor", "dev", "--data-dir", str(tmp_path)],
+        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        url = None
+        deadline = time.monotonic() + 20
+        assert dev.stdout is not None
+        while time.monotonic() < deadline and url is None:
+            line = dev.stdout.readline()
+            match = re.search(r"export REDIS_URL=(\S+)", line)
+            url = match.group(1) if match else None
+        assert url, "dev did not print its Redis URL"
+        result = conveyor("start", "demo", "--input", '"dev"', "--wait", "--timeout", "20", env={"REDIS_URL": url})
+        assert result.returncode == 0 and "HELLO, DEV!!!" in result.stdout, result.stderr
+    finally:
+        dev.send_signal(signal.SIGINT)
+        output, _ = dev.communicate(timeout=30)
+    assert dev.returncode == 0, output
+    assert "embedded Redis stopped" in output
+    assert (tmp_path / "redis" / "redis.log").exists()
+    assert list((tmp_path / "redis").glob("appendonly*"))  # data kept on disk (AOF)

@@ -1,0 +1,25 @@
+"""The public API is what __all__ says, and nothing leaks by accident."""
+
+import conveyor
+
+EXPECTED = {
+    "App", "AsyncClient", "BackPressureError", "Client", "ConfigurationError", "ConveyorError",
+    "DeadLetter", "DeadLetterNotFoundError", "DefinitionError", "NonRetryableError",
+    "ReplayError", "ResultTimeoutError", "Retry", "RetryPolicy", "Settings", "Step",
+    "StepContext", "StepError", "StepInputError", "StepRecord", "UnknownWorkflowError",
+    "Worker", "Workflow", "WorkflowCancelledError", "WorkflowFailedError",
+    "WorkflowNotFoundError", "WorkflowStatus", "__version__", "done", "goto",
+}  # fmt: skip
+
+
+def test_public_exports_are_pinned() -> None:
+    assert set(conveyor.__all__) == EXPECTED
+    for name in conveyor.__all__:
+        assert hasattr(conveyor, name), name
+
+
+def test_errors_share_one_root() -> None:
+    for name in conveyor.__all__:
+        obj = getattr(conveyor, name)
+        if isinstance(obj, type) and issubclass(obj, Exception):
+            assert issubclass(obj, conveyor.ConveyorError), name
