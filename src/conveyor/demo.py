@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from .app import App
 from typing import Any
 
+from .app import App
 from .workflow import Done, Goto, StepContext, Workflow, done, goto
 
 demo = Workflow("demo")

@@ -19,7 +19,9 @@ from conveyor.embedded import EmbeddedRedis, free_port
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def conveyor(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def conveyor(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "conveyor", *args],
         capture_output=True, text=True, timeout=timeout, cwd=ROOT,
@@ -50,15 +52,23 @@ def test_help_lists_the_commands() -> None:
 
 def test_readable_errors(env: dict[str, str]) -> None:
     assert_one_line_error(conveyor("start", "nope", env=env), "unknown workflow 'nope'")
-    assert_one_line_error(conveyor("start", "x", "--input", "{bad", env=env), "--input is not valid JSON")
+    assert_one_line_error(
+        conveyor("start", "x", "--input", "{bad", env=env), "--input is not valid JSON"
+    )
     assert_one_line_error(conveyor("status", "0" * 32, env=env), "no workflow with id")
     assert_one_line_error(conveyor("dlq", "replay", env=env), "give dead-letter ids")
-    assert_one_line_error(conveyor("dlq", "drop", "bogus", env=env), "invalid dead-letter id 'bogus'")
+    assert_one_line_error(
+        conveyor("dlq", "drop", "bogus", env=env), "invalid dead-letter id 'bogus'"
+    )
     closed = {**env, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
     assert_one_line_error(conveyor("status", "abc", env=closed), "cannot reach Redis")
     assert_one_line_error(conveyor("worker", "no_such_module:app", env=env), "cannot import module")
-    assert_one_line_error(conveyor("worker", "conveyor.demo:nothing", env=env), "has no attribute 'nothing'")
-    assert_one_line_error(conveyor("status", "x", env={**env, "REDIS_URL": "http://x"}), "unsupported Redis URL")
+    assert_one_line_error(
+        conveyor("worker", "conveyor.demo:nothing", env=env), "has no attribute 'nothing'"
+    )
+    assert_one_line_error(
+        conveyor("status", "x", env={**env, "REDIS_URL": "http://x"}), "unsupported Redis URL"
+    )
 
 
 def test_worker_processes_start_status_and_sigterm(env: dict[str, str]) -> None:
@@ -138,7 +148,9 @@ def test_dev_runs_embedded_redis_and_worker(tmp_path: Path) -> None:
             match = re.search(r"export REDIS_URL=(\S+)", line)
             url = match.group(1) if match else None
         assert url, "dev did not print its Redis URL"
-        result = conveyor("start", "demo", "--input", '"dev"', "--wait", "--timeout", "20", env={"REDIS_URL": url})
+        result = conveyor(
+            "start", "demo", "--input", '"dev"', "--wait", "--timeout", "20", env={"REDIS_URL": url}
+        )
         assert result.returncode == 0 and "HELLO, DEV!!!" in result.stdout, result.stderr
     finally:
         dev.send_signal(signal.SIGINT)
