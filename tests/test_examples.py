@@ -1,0 +1,202 @@
+"""The examples run end to end against a real redis-server that these tests start.
+
+The example modules are loaded from ``examples/`` by path (they are not a package), lazily,
+so collecting the suite does not pay for importing scikit-learn.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import redis
+
+from conveyor import App, AsyncClient, Worker, Workflow, WorkflowStatus
+from conveyor.embedded import EmbeddedRedis
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+
+
+def load_example(name: str) -> ModuleType:
+    module_name = f"conveyor_examples_{name}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # dataclasses look their module up while it loads
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[EmbeddedRedis]:
+    with EmbeddedRedis(appendonly=False) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def fraud() -> ModuleType:
+    return load_example("fraud")
+
+
+@pytest.fixture(scope="module")
+def content() -> ModuleType:
+    return load_example("content")
+
+
+def app_for(workflow: Workflow, server: EmbeddedRedis) -> App:
+    namespace = f"ex{uuid.uuid4().hex[:10]}"
+    return App(workflows=[workflow], redis_url=server.url, namespace=namespace, partitions=4)
+
+
+async def run_all(app: App, name: str, inputs: list[Any]) -> list[WorkflowStatus]:
+    """Start one workflow per input, run a worker until every queue is empty, read them."""
+    async with AsyncClient(app=app) as client:
+        ids = [await client.start(name, value) for value in inputs]
+        await Worker(app, block_ms=50, promote_interval=0.02).run(until_idle=True)
+        return [await client.status(workflow_id) for workflow_id in ids]
+
+
+# -- fraud -------------------------------------------------------------------------------------
+
+OBVIOUS_FRAUD = {
+    "transaction_id": "tx-fraud",
+    "account_id": "acct-0001",  # lives in FR
+    "amount": 4999.0,
+    "currency": "USD",
+    "merchant_category": "crypto",
+    "country": "NG",
+    "timestamp": "2025-03-01T03:12:00+00:00",
+    "card_present": False,
+}
+OBVIOUS_LEGIT = {
+    **OBVIOUS_FRAUD,
+    "transaction_id": "tx-legit",
+    "amount": 12.5,
+    "merchant_category": "grocery",
+    "country": "FR",
+    "timestamp": "2025-03-01T14:05:00+00:00",
+    "card_present": True,
+}
+
+
+async def test_fraud_pipeline_scores_and_alerts(fraud: ModuleType, server: EmbeddedRedis) -> None:
+    assert fraud.account_profile("acct-0001").home_country == "FR"
+    transactions = [*fraud.generate_transactions(8, seed=3), OBVIOUS_FRAUD, OBVIOUS_LEGIT]
+    statuses = await run_all(app_for(fraud.fraud, server), "fraud", transactions)
+
+    for tx, status in zip(transactions, statuses, strict=True):
+        assert status.status == "completed", status.error
+        assert [r.step for r in status.history] == ["ingest", "enrich", "score", "alert"]
+        result = status.result
+        assert result["transaction_id"] == tx["transaction_id"]
+        assert 0.0 <= result["score"] <= 1.0
+        assert result["alert"] == (result["score"] >= fraud.ALERT_THRESHOLD)
+        assert (result["alert_id"] is not None) == result["alert"]
+    *_, fraudulent, legit = (s.result for s in statuses)
+    assert fraudulent["alert"] and fraudulent["score"] > 0.99
+    assert set(fraudulent["reasons"]) >= {"foreign", "night", "card_not_present"}
+    assert not legit["alert"] and legit["score"] < 0.01 and legit["reasons"] == []
+
+
+async def test_fraud_rejects_an_invalid_transaction_at_ingest(
+    fraud: ModuleType, server: EmbeddedRedis
+) -> None:
+    bad = {**OBVIOUS_LEGIT, "amount": -5, "currency": "dollars"}
+    [status] = await run_all(app_for(fraud.fraud, server), "fraud", [bad])
+    assert status.status == "failed"
+    assert status.error is not None and status.error.type == "StepInputError"
+    assert "amount" in status.error.message and "currency" in status.error.message
+    assert [(r.step, r.status) for r in status.history] == [("ingest", "failed")]  # no retry
+
+
+def test_fraud_data_and_model_are_deterministic(fraud: ModuleType) -> None:
+    first = fraud.generate_transactions(200, seed=5)
+    assert first == fraud.generate_transactions(200, seed=5)
+    assert first != fraud.generate_transactions(200, seed=6)
+    for tx in first:
+        fraud.Transaction.model_validate(tx)
+    trained = fraud.model()
+    assert trained is fraud.model()  # trained once per process
+    assert trained.holdout_auc > 0.95
+    assert trained.seconds < 5  # about 0.2 s on a laptop; generous for loaded CI machines
+
+
+# -- content -----------------------------------------------------------------------------------
+
+
+async def test_content_loops_back_to_draft_until_the_facts_check(
+    content: ModuleType, server: EmbeddedRedis
+) -> None:
+    brief = {"topic": "vector databases", "audience": "ML engineers"}
+    [status] = await run_all(app_for(content.content, server), "content", [brief])
+    assert status.status == "completed", status.error
+    steps = [r.step for r in status.history]
+    assert steps == [
+        "outline",
+        *["draft", "fact_check"] * 3,  # two rounds sent back by the fact checker
+        "edit",
+        "publish",
+    ]
+    result = status.result
+    assert result["verified"] and result["rounds"] == 3
+    assert [c["problems"] for c in result["fact_checks"]] == [2, 1, 0]
+    assert result["url"] == (
+        "https://blog.example.com/posts/vector-databases-a-field-guide-for-ml-engineers"
+    )
+    assert "[unverified]" not in result["body"]
+    assert status.state["fact_checks"] == result["fact_checks"]
+
+
+async def test_content_stops_at_the_round_limit(content: ModuleType, server: EmbeddedRedis) -> None:
+    briefs = [
+        {"topic": "vector databases", "max_rounds": 1},  # has problems: edited anyway
+        {"topic": "Conveyor"},  # the first draft checks out: no loop at all
+    ]
+    limited, clean = await run_all(app_for(content.content, server), "content", briefs)
+    assert [r.step for r in limited.history].count("draft") == 1
+    assert not limited.result["verified"] and limited.result["body"].count("[unverified]") == 2
+    assert [r.step for r in clean.history].count("draft") == 1
+    assert clean.result["verified"]
+
+
+# -- the demo runner ---------------------------------------------------------------------------
+
+
+def test_demo_runs_and_prints_its_summary(server: EmbeddedRedis) -> None:
+    env = {**os.environ, "REDIS_URL": server.url, "COLUMNS": "100"}
+    env = {k: v for k, v in env.items() if not k.startswith("CONVEYOR_")}
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "demo.py"), "--count", "50"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert "50/50" in out  # the progress bar's last state
+    for row in ("workflows started", "completed", "failed", "alerts raised", "throughput"):
+        assert row in out
+    lines = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in out.splitlines()
+             if line.count("│") == 3}  # fmt: skip
+    assert lines["workflows started"] == "50"
+    assert lines["completed"] == "50"
+    assert lines["failed"] == "0"
+    assert lines["steps run"] == "200"
+    assert lines["latency p99"].endswith(" ms")
+    assert lines["throughput"].endswith(" workflows/s")
+    # it ran in a namespace of its own and deleted it
+    with redis.Redis.from_url(server.url) as r:
+        assert r.keys("demo-*") == []
