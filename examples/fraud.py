@@ -124,24 +124,24 @@ def risk_features(tx: dict[str, Any], profile: Profile) -> dict[str, float]:
 def labelled_transactions(n: int, seed: int) -> tuple[list[dict[str, Any]], np.ndarray]:
     """``n`` synthetic transactions (JSON-ready dicts) and whether each is fraud (0/1)."""
     rng = np.random.default_rng(seed)
-    fraud = rng.random(n) < FRAUD_RATE
+    is_fraud = rng.random(n) < FRAUD_RATE
     accounts = [f"acct-{i:04d}" for i in rng.integers(0, ACCOUNTS, n)]
     profiles = [account_profile(a) for a in accounts]
     typical = np.array([p.typical_amount for p in profiles])
     # Fraud: bigger amounts than usual, risky merchants, abroad, at night, card not present.
-    amount = typical * np.exp(np.where(fraud, rng.normal(1.6, 0.8, n), rng.normal(0, 0.5, n)))
+    amount = typical * np.exp(np.where(is_fraud, rng.normal(1.6, 0.8, n), rng.normal(0, 0.5, n)))
     risk = np.array(list(MERCHANT_RISK.values()))
     p_legit = (1.0 - risk) / (1.0 - risk).sum()
     p_fraud = risk / risk.sum()
     category = np.where(
-        fraud,
+        is_fraud,
         rng.choice(len(CATEGORIES), n, p=p_fraud),
         rng.choice(len(CATEGORIES), n, p=p_legit),
     )
-    abroad = rng.random(n) < np.where(fraud, 0.55, 0.04)
-    night = rng.random(n) < np.where(fraud, 0.45, 0.05)
+    abroad = rng.random(n) < np.where(is_fraud, 0.55, 0.04)
+    night = rng.random(n) < np.where(is_fraud, 0.45, 0.05)
     hour = np.where(night, rng.integers(0, 6, n), rng.integers(6, 24, n))
-    card_present = rng.random(n) < np.where(fraud, 0.15, 0.7)
+    card_present = rng.random(n) < np.where(is_fraud, 0.15, 0.7)
     day = rng.integers(0, 28, n)
     minute = rng.integers(0, 60, n)
     base = datetime(2025, 1, 1, tzinfo=UTC)
@@ -162,7 +162,7 @@ def labelled_transactions(n: int, seed: int) -> tuple[list[dict[str, Any]], np.n
                 "card_present": bool(card_present[i]),
             }
         )
-    return transactions, fraud.astype(int)
+    return transactions, is_fraud.astype(int)
 
 
 def generate_transactions(n: int, seed: int = 42) -> list[dict[str, Any]]:
