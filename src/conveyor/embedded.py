@@ -65,7 +65,8 @@ class EmbeddedRedis:
 
     Args:
         data_dir: where the AOF lives (default: a temporary folder removed at stop).
-        appendonly: persist every write to the AOF (``appendfsync always`` with ``fsync``).
+        appendonly: keep an append-only file, fsynced per ``fsync`` (Redis's
+            ``appendfsync``: ``everysec`` by default, ``always`` to lose nothing on a crash).
         binary: which redis-server to run (default: :func:`find_redis_server`).
     """
 

@@ -45,8 +45,8 @@ class Settings:
             raise ConfigurationError("partitions must be between 1 and 16384")
         if self.max_backlog < 1:
             raise ConfigurationError("max_backlog must be >= 1")
-        if self.retention <= 0:
-            raise ConfigurationError("retention must be > 0 seconds")
+        if self.retention < 1:
+            raise ConfigurationError("retention must be >= 1 second")
         if self.visibility_timeout < 1:
             raise ConfigurationError("visibility_timeout must be >= 1 second")
         if self.max_deliveries < 1:

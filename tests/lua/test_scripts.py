@@ -250,16 +250,34 @@ async def test_heartbeat_renews_own_entries_only(store: Store) -> None:
 async def test_reclaim_takes_idle_entries_with_delivery_counts(store: Store) -> None:
     await store.start("w", "a", "default", 1)
     task = await read_one(store)
-    streams = store.keys.streams("default")
-    assert await store.reclaim(streams, "c2", 60_000, 10) == []  # not idle long enough
+    plan = [(s, 10) for s in store.keys.streams("default")]
+    assert await store.reclaim(plan, "c2", 60_000) == []  # not idle long enough
     await asyncio.sleep(0.05)
-    [(stream, entry_id, fields, deliveries)] = await store.reclaim(streams, "c2", 10, 10)
+    [(stream, entry_id, fields, deliveries)] = await store.reclaim(plan, "c2", 10)
     assert (stream, entry_id, deliveries) == (task.stream, task.entry_id, 2)
     assert fields[b"workflow_id"] == task.workflow_id.encode()
     # handed back entries are idle at once, so the next reclaim takes them immediately
     await store.hand_back("c2", {stream: [entry_id]})
-    [(_, _, _, deliveries)] = await store.reclaim(streams, "c3", 1000, 10)
+    [(_, _, _, deliveries)] = await store.reclaim(plan, "c3", 1000)
     assert deliveries == 3
+
+
+async def test_reclaim_scan_goes_on_past_live_entries(store: Store) -> None:
+    """XAUTOCLAIM examines a bounded slice of the pending list per call; with a cursor the
+    scan continues, so a stalled entry behind many fresh ones is reached."""
+    stream = store.keys.stream(0, "default")
+    ids = [await store.redis.xadd(stream, {"n": i}) for i in range(40)]
+    await store.redis.xreadgroup(GROUP, "alive", {stream: ">"}, count=39)
+    await store.redis.xreadgroup(GROUP, "dead", {stream: ">"}, count=1)  # ids[39]: stalls
+    await asyncio.sleep(0.1)
+    await store.redis.xclaim(stream, GROUP, "alive", 0, ids[:39], justid=True)  # renewed
+    cursors: dict[str, bytes] = {}
+    taken: list[bytes] = []
+    calls = 0
+    while not taken and calls < 10:  # COUNT 1 examines at most 10 pending entries a call
+        calls += 1
+        taken += [eid for _, eid, _, _ in await store.reclaim([(stream, 1)], "c9", 50, cursors)]
+    assert taken == [ids[39]] and calls == 4
 
 
 async def test_replay_codes_and_success(store: Store, namespace: str) -> None:

@@ -428,3 +428,29 @@ def test_sync_client(make_app: MakeApp) -> None:
         asyncio.run(Worker(app, block_ms=50).run(until_idle=True))
         assert client.result(wf_id, timeout=2) == 2
         assert client.status(wf_id).status == "completed"
+
+
+async def test_emptied_state_is_persisted(make_app: MakeApp, client_for: ClientFor) -> None:
+    wf = Workflow("state")
+
+    @wf.step(start=True)
+    def fill(ctx, x):
+        ctx.state["items"] = [1, 2]
+        return goto(empty, x)
+
+    @wf.step
+    def empty(ctx, x):
+        assert ctx.state == {"items": [1, 2]}
+        ctx.state.clear()
+        return goto(check, x)
+
+    @wf.step
+    def check(ctx, x):
+        return {"state_seen": dict(ctx.state)}
+
+    app = make_app(wf)
+    client = client_for(app)
+    wf_id = await client.start("state", 0)
+    await drain(app)
+    assert await client.result(wf_id, timeout=1) == {"state_seen": {}}
+    assert (await client.status(wf_id)).state == {}

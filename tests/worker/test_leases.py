@@ -88,3 +88,72 @@ async def test_worker_waits_for_redis_at_start(tmp_path: Path, namespace: str) -
         await asyncio.wait_for(running, 10)
     finally:
         server.close()
+
+
+async def test_concurrency_is_a_hard_limit(make_app: MakeApp, client_for: ClientFor) -> None:
+    running, peak = 0, 0
+    wf = Workflow("limited")
+
+    @wf.step
+    async def work(ctx, x):
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.05)
+        running -= 1
+        return x
+
+    app = make_app(wf, partitions=8)  # more streams than slots: COUNT is per stream
+    client = client_for(app)
+    ids = [await client.start("limited", i) for i in range(40)]
+    worker = await drain(app, concurrency=3, reclaim_interval=0.05)
+    assert worker.stats.completed == 40 and peak == 3
+    assert [await client.result(i, timeout=1) for i in ids] == list(range(40))
+
+
+async def test_leases_are_renewed_while_draining(make_app: MakeApp, client_for: ClientFor) -> None:
+    runs: list[str] = []
+    wf = Workflow("drain")
+
+    @wf.step
+    async def slow(ctx, x):
+        runs.append(ctx.worker)
+        await asyncio.sleep(2.5)  # longer than two visibility timeouts, inside the drain
+        return x
+
+    app = make_app(wf, visibility_timeout=1)
+    client = client_for(app)
+    wf_id = await client.start("drain", 1)
+    stopping = Worker(app, name="stopping", block_ms=50, drain_timeout=10)
+    first = asyncio.create_task(stopping.run())
+    while not runs:
+        await asyncio.sleep(0.02)
+    stopping.request_stop()  # drain starts now, with the step still running
+    thief = Worker(app, name="thief", block_ms=50, reclaim_interval=0.1)
+    second = asyncio.create_task(thief.run(until_idle=True))
+    await asyncio.gather(first, second)
+    assert runs == ["stopping"] and thief.stats.reclaimed == 0
+    assert (await client.status(wf_id)).history[0].worker == "stopping"
+
+
+async def test_attempts_count_crashed_deliveries(make_app: MakeApp, client_for: ClientFor) -> None:
+    attempts: list[int] = []
+    wf = Workflow("counted")
+
+    @wf.step(retries=2, backoff=0.01)
+    def flaky(ctx, x):
+        attempts.append(ctx.attempt)
+        if len(attempts) == 1:
+            raise RuntimeError("first run fails")
+        return x
+
+    app = make_app(wf, visibility_timeout=1)
+    client = client_for(app)
+    wf_id = await client.start("counted", 1)
+    store = client.store
+    await store.ensure_groups(["default"])
+    await store.read(store.keys.streams("default"), "crashed", 10, None)  # delivery 1: dies
+    await asyncio.sleep(1.1)
+    await drain(app, reclaim_interval=0.1)
+    assert attempts == [2, 3]  # the crash was attempt 1; the retry after it is attempt 3
+    assert await client.result(wf_id, timeout=1) == 1

@@ -12,7 +12,7 @@ from rich.console import Console
 from ..embedded import EmbeddedRedis, free_port
 from ..loader import load_app
 from ..logs import setup_logging
-from ..worker.process import WorkerOptions, serve
+from ..worker.process import WorkerOptions, exit_past_stuck_steps, serve
 
 console = Console(stderr=True)
 DEV_PORT = 6399
@@ -64,3 +64,4 @@ def run_dev(
         if server is not None:
             server.stop()  # graceful: Redis flushes its AOF
             logging.getLogger("conveyor").info("embedded Redis stopped")
+    exit_past_stuck_steps()

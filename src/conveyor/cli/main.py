@@ -37,19 +37,19 @@ err = Console(stderr=True)
 RedisUrl = Annotated[
     str | None,
     typer.Option(
-        "--redis-url", envvar="REDIS_URL", help="Redis URL [default: redis://localhost:6379/0]."
+        "--redis-url", envvar="REDIS_URL", help="Redis URL (default: redis://localhost:6379/0)."
     ),
 ]
 Namespace = Annotated[
     str | None,
     typer.Option(
-        "--namespace", envvar="CONVEYOR_NAMESPACE", help="Key namespace [default: conveyor]."
+        "--namespace", envvar="CONVEYOR_NAMESPACE", help="Key namespace (default: conveyor)."
     ),
 ]
 Partitions = Annotated[
     int | None,
     typer.Option(
-        "--partitions", envvar="CONVEYOR_PARTITIONS", help="Stream partitions [default: 16]."
+        "--partitions", envvar="CONVEYOR_PARTITIONS", help="Stream partitions (default: 16)."
     ),
 ]
 
@@ -126,7 +126,7 @@ def worker(
     ] = 1,
     queues: Annotated[
         str | None,
-        typer.Option("--queues", "-q", help="Comma-separated queues [default: all of the app's]."),
+        typer.Option("--queues", "-q", help="Comma-separated queues (default: all of the app's)."),
     ] = None,
     threads: Annotated[
         int | None, typer.Option("--threads", min=1, help="Thread pool size for sync steps.")
@@ -164,7 +164,7 @@ def worker(
 def dev(
     app: Annotated[
         str | None,
-        typer.Argument(help="The App to run, as MODULE:ATTRIBUTE [default: the bundled demo]."),
+        typer.Argument(help="The App to run, as MODULE:ATTRIBUTE (default: the bundled demo)."),
     ] = None,
     concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1)] = 64,
     redis_url: RedisUrl = None,
@@ -248,7 +248,8 @@ def cancel(
     namespace: Namespace = None,
     partitions: Partitions = None,
 ) -> None:
-    """Cancel a workflow (its queued tasks are dropped when reached)."""
+    """Cancel a workflow: it ends as cancelled now; a step of it that is queued or running may
+    still run, but its result is discarded and nothing follows it."""
     final = with_client(redis_url, namespace, partitions, lambda c: c.cancel(workflow_id))
     out.print(f"{workflow_id} {final}", highlight=False)
 

@@ -139,7 +139,15 @@ class Store:
             now_ms(),
             request_id or "",
         ]
-        code, detail = await self.scripts.call(self.redis, "start", keys, argv)
+        try:
+            code, detail = await self.scripts.call(self.redis, "start", keys, argv)
+        except ResponseError as exc:
+            if str(exc).startswith("OOM"):
+                raise BackPressureError(
+                    "Redis is out of memory (maxmemory reached): start refused; retry later",
+                    retry_after=5.0,
+                ) from exc
+            raise
         if code == ScriptCode.BACKPRESSURE:
             raise BackPressureError(
                 f"queue {queue!r} is full: partition {partition} holds {int(detail)} tasks "
@@ -186,22 +194,33 @@ class Store:
         return entries
 
     async def reclaim(
-        self, streams: Sequence[str], consumer: str, min_idle_ms: int, count: int
+        self,
+        plan: Sequence[tuple[str, int]],
+        consumer: str,
+        min_idle_ms: int,
+        cursors: dict[str, bytes] | None = None,
     ) -> list[tuple[str, bytes, dict[bytes, bytes], int]]:
         """Take over entries idle longer than ``min_idle_ms`` (their consumer is presumed dead),
-        at most ``count`` per stream. Two pipelined round trips for all streams.
+        at most ``count`` from each ``(stream, count)`` of ``plan``. Two pipelined round trips.
+
+        ``cursors`` (stream -> next id) carries each stream's scan position from call to call:
+        XAUTOCLAIM looks at a bounded slice of the pending list per call, so a scan that
+        always restarted at 0-0 would never reach entries behind many live ones.
 
         Returns (stream, id, fields, deliveries) for each entry taken; entries deleted while
         pending (Redis 6.2 reports them with no fields) are acknowledged and skipped.
         """
         group = self.settings.group
+        cursors = cursors if cursors is not None else {}
         pipe = self.redis.pipeline(transaction=False)
-        for stream in streams:
-            pipe.xautoclaim(stream, group, consumer, min_idle_ms, "0-0", count=count)
+        for stream, count in plan:
+            start = cursors.get(stream, b"0-0")
+            pipe.xautoclaim(stream, group, consumer, min_idle_ms, start, count=count)
         claims = await pipe.execute()
         taken: list[tuple[str, list[tuple[bytes, dict[bytes, bytes]]]]] = []
         pipe = self.redis.pipeline(transaction=False)
-        for stream, result in zip(streams, claims, strict=True):
+        for (stream, _), result in zip(plan, claims, strict=True):
+            cursors[stream] = result[0]
             claimed = [(eid, fields) for eid, fields in result[1] if eid is not None]
             gone = [eid for eid, fields in claimed if not fields]
             live = [(eid, fields) for eid, fields in claimed if fields]

@@ -16,6 +16,8 @@ from .resilience import Backoff
 
 log = logging.getLogger("conveyor.worker")
 
+GIVE_UP_AFTER = 5  # consecutive unexpected errors before a batch is left for redelivery
+
 
 @dataclass(slots=True)
 class Stats:
@@ -73,6 +75,21 @@ class Committer:
             except UNAVAILABLE as exc:
                 # It is unknown which calls ran: send them all again once Redis is back
                 # (transitions are idempotent; a repeat is answered DUPLICATE).
+                await backoff.wait("committing step results", exc)
+                continue
+            except Exception as exc:
+                # Not an outage: retry a few times, then give the batch up. Its entries stay
+                # pending without a lease, so they are redelivered; nothing is lost.
+                if backoff.failures == 0:
+                    log.exception("committing %d step results failed", len(batch))
+                if backoff.failures >= GIVE_UP_AFTER:
+                    log.error("giving up %d results; their tasks will be redelivered", len(batch))
+                    del self.pending[: len(batch)]
+                    self.stats.errors += len(batch)
+                    for _, task, _ in batch:
+                        self.on_done(task)
+                    backoff.reset()
+                    continue
                 await backoff.wait("committing step results", exc)
                 continue
             backoff.reset()

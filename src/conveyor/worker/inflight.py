@@ -61,3 +61,27 @@ class Capacity:
         while self.used:
             self._changed.clear()
             await self._changed.wait()
+
+
+class StreamRotation:
+    """Chooses which streams to read and how many entries from each, so that one read can
+    never return more entries than there are free slots.
+
+    XREADGROUP's COUNT applies to each stream separately: reading N streams with COUNT c
+    may return N * c entries. With at least N free slots every stream is read with
+    COUNT free // N; with fewer, only ``free`` streams are read (COUNT 1), rotating so that
+    every stream gets its turn.
+    """
+
+    def __init__(self, streams: list[str]) -> None:
+        self.streams = streams
+        self.offset = 0
+
+    def plan(self, free: int, batch_size: int) -> tuple[list[str], int]:
+        n = len(self.streams)
+        if free >= n:
+            return self.streams, max(1, min(batch_size, free // n))
+        start = self.offset % n
+        self.offset += free
+        picked = [self.streams[(start + i) % n] for i in range(free)]
+        return picked, 1

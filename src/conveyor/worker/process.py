@@ -50,7 +50,16 @@ async def serve(app: App, options: WorkerOptions) -> None:
 
 def run_in_this_process(app: App, options: WorkerOptions) -> None:
     asyncio.run(serve(app, options))
+    exit_past_stuck_steps()
+
+
+def exit_past_stuck_steps() -> None:
+    """Exit at once when sync steps still run in threads after the drain (their entries
+    were handed back); the thread pool would otherwise block interpreter exit."""
     stuck = [t for t in threading.enumerate() if t.name.startswith("conveyor-step")]
+    for thread in stuck:
+        thread.join(timeout=0.2)  # idle pool threads finish shutting down by themselves
+    stuck = [t for t in stuck if t.is_alive()]
     if stuck:
         # A sync step still runs in a thread past the drain timeout; its entry has been
         # handed back, so exit without waiting for it (the thread pool would block exit).

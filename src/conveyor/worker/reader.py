@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from redis.exceptions import ResponseError
 
 from ..storage.connection import UNAVAILABLE
 from ..storage.store import Store
-from .inflight import Capacity
+from .inflight import Capacity, StreamRotation
 from .resilience import Backoff
 
 log = logging.getLogger("conveyor.worker")
@@ -30,11 +30,13 @@ class Reader:
         dispatch: Callable[[RawEntry, int], None],
         batch_size: int,
         block_ms: int,
+        prepare: Callable[[], Awaitable[None]],
     ) -> None:
         self.store = store
         self.consumer = consumer
-        self.streams = streams
+        self.rotation = StreamRotation(streams)
         self.queues = queues
+        self.prepare = prepare
         self.capacity = capacity
         self.dispatch = dispatch
         self.batch_size = batch_size
@@ -47,20 +49,22 @@ class Reader:
             free = await self.capacity.wait_free()
             if stopping.is_set():
                 return
+            streams, count = self.rotation.plan(free, self.batch_size)
             try:
-                entries = await self.store.read(
-                    self.streams, self.consumer, min(free, self.batch_size), self.block_ms
-                )
+                entries = await self.store.read(streams, self.consumer, count, self.block_ms)
                 backoff.reset()
             except UNAVAILABLE as exc:
                 await backoff.wait("reading tasks", exc)
                 continue
             except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                # Redis lost its data (no persistence) or a stream was deleted: recreate.
-                log.warning("consumer group missing; creating it again")
-                await self.store.ensure_groups(self.queues)
+                # NOGROUP, or UNBLOCKED on Redis 7: Redis lost its data (no persistence,
+                # FLUSHALL) or a stream was deleted. Recreate groups, registry and meta.
+                log.warning("reading tasks failed (%s); preparing the streams again", exc)
+                await backoff.wait("reading tasks", exc)
+                try:
+                    await self.prepare()
+                except Exception as again:  # logged; the next read tries again
+                    log.warning("preparing the streams failed: %s", again)
                 continue
             self.idle_reads = 0 if entries else self.idle_reads + 1
             for entry in entries:

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable
 
 from ..storage.store import Store
-from .inflight import Capacity
+from .inflight import Capacity, StreamRotation
 from .reader import RawEntry
 
 log = logging.getLogger("conveyor.worker")
@@ -24,17 +24,19 @@ class Reclaimer:
     ) -> None:
         self.store = store
         self.consumer = consumer
-        self.streams = streams
+        self.rotation = StreamRotation(streams)
         self.capacity = capacity
         self.dispatch = dispatch
+        self.cursors: dict[str, bytes] = {}  # where each stream's pending scan goes on
 
     async def reclaim(self) -> int:
         free = self.capacity.free
         if free <= 0:
             return 0
         min_idle = int(self.store.settings.visibility_timeout * 1000)
-        count = max(1, free // len(self.streams))  # spread the free slots over the streams
-        taken = await self.store.reclaim(self.streams, self.consumer, min_idle, count)
+        streams, count = self.rotation.plan(free, batch_size=100)
+        plan = [(stream, count) for stream in streams]  # never more than the free slots
+        taken = await self.store.reclaim(plan, self.consumer, min_idle, self.cursors)
         for stream, entry_id, fields, deliveries in taken:
             self.dispatch((stream, entry_id, fields), deliveries)
         if taken:

@@ -23,7 +23,7 @@ class Backoff:
 
     def reset(self) -> None:
         if self.failures:
-            log.info("redis is reachable again after %d failed attempts", self.failures)
+            log.info("recovered after %d failed attempts", self.failures)
         self.delay = 0.0
         self.failures = 0
 
@@ -33,7 +33,7 @@ class Backoff:
         # one warning when the outage starts, then one every ~10 attempts: no log flood
         if self.failures == 1 or self.failures % 10 == 0:
             log.warning(
-                "%s: redis unavailable (%s: %s); retrying in %.2fs",
+                "%s failed (%s: %s); retrying in %.2fs",
                 what, type(exc).__name__, exc, self.delay,
             )  # fmt: skip
         await asyncio.sleep(self.delay)
@@ -45,9 +45,10 @@ async def every(
     action: Callable[[], Awaitable[object]],
     stopping: asyncio.Event,
 ) -> None:
-    """Run ``action`` every ``interval`` seconds until ``stopping`` is set; a Redis outage
-    is waited out, any other error is logged and the loop goes on."""
-    backoff = Backoff()
+    """Run ``action`` every ``interval`` seconds until ``stopping`` is set. A failure (Redis
+    unreachable, out of memory, ...) is logged and retried with exponential backoff, so a
+    lasting problem neither stops the loop nor floods the log."""
+    backoff = Backoff(first=interval, cap=max(5.0, interval))
     while not stopping.is_set():
         try:
             await action()
@@ -55,7 +56,10 @@ async def every(
         except UNAVAILABLE as exc:
             await backoff.wait(what, exc)
             continue
-        except Exception:
-            log.exception("%s failed; trying again in %.1fs", what, interval)
+        except Exception as exc:
+            if backoff.failures == 0:
+                log.exception("%s failed", what)
+            await backoff.wait(what, exc)
+            continue
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), interval)

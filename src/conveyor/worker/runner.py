@@ -67,7 +67,7 @@ class StepRunner:
 
     async def run(self, task: Task) -> Outcome:
         started = _now_ms()
-        attempt = task.attempt + task.deliveries - 1
+        attempt = task.attempt
         step = self.app.step(task.workflow, task.step)
         try:
             if step is None:
@@ -128,7 +128,8 @@ class StepRunner:
             next_step = wf.steps[step.then] if step.then else None
         try:
             payload = codec.dumps(value)
-            state = codec.dumps(ctx.state) if ctx.state else b""
+            # b"" = nothing to store; "{}" when the step emptied a state it was given
+            state = codec.dumps(ctx.state) if ctx.state or task.state else b""
         except TypeError as exc:
             raise ResultEncodingError(
                 f"step {step.qualified_name} returned a value that is not JSON: {exc}"

@@ -42,7 +42,7 @@ class Worker:
     Args:
         concurrency: steps running at once in this process.
         queues: queues to serve (default: every queue the app's steps use).
-        threads: size of the thread pool for sync steps (default: ``concurrency``, max 64).
+        threads: size of the thread pool for sync steps (default: ``concurrency``).
         batch_size: most entries read per XREADGROUP call.
         drain_timeout: seconds a stopping worker lets running steps finish; the rest are
             handed back to other workers.
@@ -80,7 +80,8 @@ class Worker:
         self.stats = Stats()
         self.capacity = Capacity(concurrency)
         self.inflight = InFlight()
-        self.runner = StepRunner(app, self.store, self.name, threads or min(concurrency, 64))
+        # one thread per slot: a sync step never waits for a thread (its timeout would count it)
+        self.runner = StepRunner(app, self.store, self.name, threads or concurrency)
         self.committer = Committer(self.store, self.stats, self._committed)
         self.reader = Reader(
             self.store,
@@ -91,6 +92,7 @@ class Worker:
             self._dispatch,
             batch_size,
             block_ms,
+            self._setup,
         )
         self.reclaimer = Reclaimer(
             self.store, self.name, self.streams, self.capacity, self._dispatch
@@ -101,7 +103,8 @@ class Worker:
         self.promote_interval = promote_interval
         vt = self.settings.visibility_timeout
         self.reclaim_interval = reclaim_interval or max(0.5, vt / 4)
-        self.stopping = asyncio.Event()
+        self.stopping = asyncio.Event()  # stop reading and taking over
+        self.closed = asyncio.Event()  # everything committed or handed back: stop leases
         self._running: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[Any]] = []
         self._started = False
@@ -163,7 +166,10 @@ class Worker:
                     self.reclaim_interval, "reclaiming stalled tasks", self.reclaimer.reclaim, stop
                 )
             ),
-            asyncio.create_task(every(max(0.5, vt / 3), "renewing leases", self.lease.renew, stop)),
+            # leases are renewed until the very end: a draining step must not be taken over
+            asyncio.create_task(
+                every(max(0.5, vt / 3), "renewing leases", self.lease.renew, self.closed)
+            ),
         ]
 
     def request_stop(self) -> None:
@@ -204,6 +210,7 @@ class Worker:
         self.stopping.set()
         loops: list[asyncio.Task[Any] | None] = [*self._loops] or [None, None]
         reader, committer, *periodic = loops
+        lease = periodic.pop() if periodic else None
         for task in [t for t in (reader, *periodic) if t is not None]:
             try:
                 await asyncio.wait_for(task, timeout=self.reader.block_ms / 1000 + 2)
@@ -227,6 +234,9 @@ class Worker:
                 log.warning("could not commit %d results: Redis unavailable", len(self.committer))
             committer.cancel()
         await self._hand_back()
+        self.closed.set()
+        if lease is not None:
+            await asyncio.wait([lease], timeout=2)
         self.runner.close()
         if self._owns_redis:
             await self.redis.aclose()
@@ -258,6 +268,7 @@ class Worker:
         if task.ref in self.inflight.tasks:
             return  # our own entry, reclaimed after a missed lease renewal: already running
         task.deliveries = deliveries
+        task.attempt += deliveries - 1  # a crashed delivery counts as an attempt
         self.inflight.add(task)
         if deliveries > 1:
             self.stats.reclaimed += 1
