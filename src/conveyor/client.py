@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Coroutine
@@ -25,6 +26,7 @@ from .settings import Settings
 from .storage.connection import connect
 from .storage.records import DeadLetter, WorkflowStatus
 from .storage.store import Store
+from .watcher import FinishedWatcher
 
 T = TypeVar("T")
 
@@ -57,6 +59,7 @@ class AsyncClient:
         self._owns_redis = redis is None
         self.store = Store(self.redis, self.settings)
         self._routes: dict[str, tuple[str, str]] = {}
+        self._watcher = FinishedWatcher(self.redis)
         self._checked = False
 
     @classmethod
@@ -70,6 +73,7 @@ class AsyncClient:
         await self.close()
 
     async def close(self) -> None:
+        await self._watcher.close()
         if self._owns_redis:
             await self.redis.aclose()
 
@@ -138,34 +142,38 @@ class AsyncClient:
             raise WorkflowFailedError(workflow_id, error)
         raise WorkflowCancelledError(f"workflow {workflow_id} was cancelled")
 
+    async def wait(
+        self, workflow_ids: list[str], timeout: float | None = None
+    ) -> list[WorkflowStatus]:
+        """Wait until every workflow of ``workflow_ids`` has finished (completed, failed or
+        cancelled); returns their statuses in the same order. Raises ResultTimeoutError."""
+        return list(await asyncio.gather(*(self._wait_finished(i, timeout) for i in workflow_ids)))
+
     async def _wait_finished(self, workflow_id: str, timeout: float | None) -> WorkflowStatus:
         partition = self.store.keys.partition(workflow_id)
-        channel = self.store.keys.finished_channel(partition)
         deadline = None if timeout is None else time.monotonic() + timeout
-        pubsub = self.redis.pubsub()
+        # Register and subscribe first, then read: a finish between the two is not missed.
+        future = self._watcher.register(workflow_id)
         try:
-            # Subscribe first, then read: a finish between the two is not missed.
-            await pubsub.subscribe(channel)
-            wanted = workflow_id.encode()
+            await self._watcher.subscribe(self.store.keys.finished_channel(partition))
             while True:
                 status = await self.store.get(workflow_id)
                 if status.status in FINISHED:
                     return status
-                while True:
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        raise ResultTimeoutError(
-                            f"workflow {workflow_id} did not finish within {timeout:g}s "
-                            f"(status {status.status}, step {status.step})"
-                        )
-                    wait = 5.0 if remaining is None else min(remaining, 5.0)
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=wait)
-                    if message is None:
-                        break  # re-read the status now and then: a reconnect can drop messages
-                    if message["data"] == wanted:
-                        break
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise ResultTimeoutError(
+                        f"workflow {workflow_id} did not finish within {timeout:g}s "
+                        f"(status {status.status}, step {status.step})"
+                    )
+                # re-read the status now and then: pub/sub can drop a message on reconnect
+                wait = 5.0 if remaining is None else min(remaining, 5.0)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(future), wait)
+                if future.done():
+                    future = self._watcher.register(workflow_id)
         finally:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            self._watcher.unregister(workflow_id, future)
 
     async def cancel(self, workflow_id: str) -> str:
         """Cancel a workflow; returns its final status. Steps already running finish, but
@@ -239,6 +247,9 @@ class Client:
 
     def result(self, workflow_id: str, timeout: float | None = None) -> Any:
         return self._call(self._client.result(workflow_id, timeout))
+
+    def wait(self, workflow_ids: list[str], timeout: float | None = None) -> list[WorkflowStatus]:
+        return self._call(self._client.wait(workflow_ids, timeout))
 
     def cancel(self, workflow_id: str) -> str:
         return self._call(self._client.cancel(workflow_id))

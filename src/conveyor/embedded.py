@@ -82,7 +82,8 @@ class EmbeddedRedis:
     ) -> None:
         self.binary = binary or find_redis_server()
         self._tmp = None if data_dir else tempfile.mkdtemp(prefix="conveyor-redis-")
-        self.data_dir = Path(data_dir or self._tmp or ".")
+        # absolute: redis-server changes into --dir before it opens its log file
+        self.data_dir = Path(data_dir or self._tmp or ".").resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.appendonly = appendonly

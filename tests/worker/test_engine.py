@@ -454,3 +454,19 @@ async def test_emptied_state_is_persisted(make_app: MakeApp, client_for: ClientF
     await drain(app)
     assert await client.result(wf_id, timeout=1) == {"state_seen": {}}
     assert (await client.status(wf_id)).state == {}
+
+
+async def test_many_concurrent_starts_and_waits(make_app: MakeApp, client_for: ClientFor) -> None:
+    """More concurrent calls than pool connections wait for a connection instead of failing,
+    and all waiters share one pub/sub connection."""
+    wf = Workflow("burst")
+    wf.step(lambda ctx, x: x, name="echo")
+    app = make_app(wf)
+    client = client_for(app)
+    ids = await asyncio.gather(*(client.start("burst", i) for i in range(300)))
+    waiting = asyncio.create_task(client.wait(ids, timeout=30))
+    await asyncio.sleep(0.1)
+    await drain(app)
+    statuses = await waiting
+    assert [s.result for s in statuses] == list(range(300))
+    assert all(s.status == "completed" for s in statuses)

@@ -28,10 +28,13 @@ def connect(url: str, *, max_connections: int | None = None, **options: Any) -> 
         raise ConfigurationError(
             f"unsupported Redis URL {url!r}: expected redis://, rediss:// or unix://"
         )
-    return aredis.Redis.from_url(
+    # A blocking pool: past max_connections a caller waits for a free connection instead of
+    # failing (a burst of concurrent starts must not error out).
+    pool = aredis.BlockingConnectionPool.from_url(
         url,
+        max_connections=max_connections or 64,
+        timeout=None,
         decode_responses=False,
-        max_connections=max_connections,
         socket_keepalive=True,
         socket_connect_timeout=options.pop("socket_connect_timeout", 5.0),
         health_check_interval=options.pop("health_check_interval", 30),
@@ -39,3 +42,4 @@ def connect(url: str, *, max_connections: int | None = None, **options: Any) -> 
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
         **options,
     )
+    return aredis.Redis.from_pool(pool)
