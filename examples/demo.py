@@ -27,13 +27,11 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import fraud
-from redis.asyncio.client import PubSub
-from redis.exceptions import RedisError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from conveyor import App, AsyncClient, Worker, WorkflowStatus
+from conveyor import App, AsyncClient, ResultTimeoutError, Worker, WorkflowStatus
 from conveyor.embedded import EmbeddedRedis
 
 DATA_DIR = Path(".conveyor") / "demo-redis"
@@ -125,81 +123,21 @@ async def start_all(client: AsyncClient, transactions: list[dict[str, object]]) 
     return ids
 
 
-async def read_statuses(client: AsyncClient, ids: list[str]) -> list[WorkflowStatus]:
-    statuses: list[WorkflowStatus] = []
-    for i in range(0, len(ids), READ_BATCH):
-        statuses += await asyncio.gather(*(client.status(wid) for wid in ids[i : i + READ_BATCH]))
-    return statuses
+async def wait_all(
+    client: AsyncClient, ids: list[str], progress: Progress, timeout: float
+) -> list[WorkflowStatus | None]:
+    """Wait for every workflow (one shared pub/sub subscription inside the client), advancing
+    the progress bar as each finishes; None for one that did not finish in time."""
 
+    async def one(workflow_id: str) -> WorkflowStatus | None:
+        try:
+            [status] = await client.wait([workflow_id], timeout=timeout)
+        except ResultTimeoutError:
+            return None
+        progress.advance(progress.task_ids[0])
+        return status
 
-class Completions:
-    """Ids of finished workflows, fed by completion events (status reads as a fallback)."""
-
-    def __init__(self, progress: Progress) -> None:
-        self.progress = progress
-        self.finished: set[str] = set()
-        self.pending: set[str] | None = None  # known once every workflow has been started
-        self.all_done = asyncio.Event()
-
-    def expect(self, ids: list[str]) -> None:
-        self.pending = set(ids) - self.finished
-        self._check()
-
-    def finish(self, workflow_id: str) -> None:
-        if workflow_id in self.finished:
-            return
-        self.finished.add(workflow_id)
-        self.progress.advance(self.progress.task_ids[0])
-        if self.pending is not None:
-            self.pending.discard(workflow_id)
-            self._check()
-
-    def _check(self) -> None:
-        if self.pending is not None and not self.pending:
-            self.all_done.set()
-
-
-async def subscribe(client: AsyncClient) -> PubSub:
-    """Subscribe to the completion events of every partition of the client's namespace.
-
-    Each finished workflow's id is published on its partition's ``finished`` channel (the
-    channel ``AsyncClient.result`` waits on); one subscription follows them all.
-    """
-    keys = client.store.keys
-    pubsub = client.redis.pubsub()
-    await pubsub.subscribe(*(keys.finished_channel(p) for p in range(client.settings.partitions)))
-    return pubsub
-
-
-async def follow(pubsub: PubSub, completions: Completions, console: Console) -> None:
-    """Hand the id of every workflow that finishes to ``completions``."""
-    try:
-        while True:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-            if message is not None:
-                completions.finish(message["data"].decode())
-    except RedisError as exc:
-        console.print(f"[yellow]completion events lost ({exc}); reading statuses instead[/]")
-
-
-async def wait_all(client: AsyncClient, completions: Completions, timeout: float) -> set[str]:
-    """Wait until every started workflow has finished; returns those that did not in time.
-
-    Completion events come over pub/sub, which can drop messages on a reconnect: after a
-    second without any, the statuses of the missing workflows are read instead.
-    """
-    assert completions.pending is not None
-    deadline = time.monotonic() + timeout
-    while (left := deadline - time.monotonic()) > 0:
-        seen = len(completions.finished)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(completions.all_done.wait(), min(1.0, left))
-            return set()
-        if len(completions.finished) == seen:
-            for status in await read_statuses(client, sorted(completions.pending)):
-                if status.finished:
-                    completions.finish(status.id)
-    return set(completions.pending)
+    return list(await asyncio.gather(*(one(i) for i in ids)))
 
 
 @contextlib.asynccontextmanager
@@ -238,22 +176,20 @@ async def run(args: argparse.Namespace, redis_url: str, console: Console) -> Sum
         console=console,
     )
     progress.add_task("fraud", total=args.count)
-    completions = Completions(progress)
     summary = Summary()
     client = AsyncClient(app=app)
-    pubsub = await subscribe(client)  # before the first start: no completion is missed
-    follower = asyncio.create_task(follow(pubsub, completions, console))
     try:
         async with worker_task(app, args.concurrency):
             with progress:
                 began = time.perf_counter()
                 ids = await start_all(client, transactions)
-                completions.expect(ids)
-                missing = await wait_all(client, completions, args.timeout)
+                statuses = await wait_all(client, ids, progress, args.timeout)
                 summary.wall_s = time.perf_counter() - began
         summary.started = len(ids)
-        summary.unfinished = len(missing)
-        for status in await read_statuses(client, [i for i in ids if i not in missing]):
+        for status in statuses:
+            if status is None:
+                summary.unfinished += 1
+                continue
             summary.steps += len(status.history)
             if status.status != "completed":
                 summary.failed += 1
@@ -264,10 +200,6 @@ async def run(args: argparse.Namespace, redis_url: str, console: Console) -> Sum
             if latency is not None:
                 summary.latencies_ms.append(latency)
     finally:
-        follower.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await follower
-        await pubsub.aclose()
         if args.keep:
             console.print(f"kept namespace [bold]{namespace}[/] (its workflows expire in an hour)")
         else:
