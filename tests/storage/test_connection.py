@@ -1,0 +1,27 @@
+"""The connection factory: URL checks, hiredis command packing, a blocking pool."""
+
+import pytest
+
+from conveyor import ConfigurationError
+from conveyor.embedded import EmbeddedRedis
+from conveyor.storage.connection import HiredisConnection, connect
+
+
+def test_unsupported_url() -> None:
+    with pytest.raises(ConfigurationError, match="unsupported Redis URL 'http://x'"):
+        connect("http://x")
+
+
+async def test_hiredis_packing_round_trips_every_argument_kind(redis7: EmbeddedRedis) -> None:
+    r = connect(redis7.url, max_connections=2)
+    assert r.connection_pool.connection_class is HiredisConnection
+    try:
+        values = {"text": "héllo ✓", "bytes": b"\x00\xff raw", "int": 42, "float": 1.5}
+        await r.hset("conn-test", mapping=values)  # type: ignore[arg-type]
+        got = await r.hgetall("conn-test")
+        assert got == {b"text": "héllo ✓".encode(), b"bytes": b"\x00\xff raw", b"int": b"42", b"float": b"1.5"}
+        sha = await r.script_load("return 1")  # a two-word command name
+        assert await r.evalsha(sha, 0) == 1
+    finally:
+        await r.delete("conn-test")
+        await r.aclose()
