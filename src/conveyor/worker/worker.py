@@ -233,10 +233,11 @@ class Worker:
             except TimeoutError:
                 log.warning("could not commit %d results: Redis unavailable", len(self.committer))
             committer.cancel()
-        await self._hand_back()
+        # stop renewing before handing back: a renewal after it would undo the hand-back
         self.closed.set()
         if lease is not None:
             await asyncio.wait([lease], timeout=2)
+        await self._hand_back()
         self.runner.close()
         if self._owns_redis:
             await self.redis.aclose()
