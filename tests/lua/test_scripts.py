@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from importlib import resources
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 import redis.asyncio as aredis
@@ -124,8 +125,8 @@ async def test_complete_enqueues_next_then_is_idempotent(store: Store, namespace
     assert state[b"step"] == b"b" and state[b"state"] == b'{"n":1}'
     assert snap[keys.history(wf_id)] == [record(task)]
     entries, pending = snap[task.stream]
-    assert pending == 0 and len(entries) == 1  # the old entry is ACKed and deleted
-    nxt = entries[0][1]
+    assert pending == 0 and entries[0][0] == task.entry_id  # ACKed, kept for trim
+    nxt = entries[1][1]
     assert (nxt[b"step"], nxt[b"task"], nxt[b"input"], nxt[b"state"]) == (
         b"b",
         b"2",
@@ -176,7 +177,7 @@ async def test_fail_retry_then_promote(store: Store, namespace: str) -> None:
     snap = await snapshot(store.redis, namespace)
     delayed = snap[keys.delayed(task.partition, "default")]
     assert len(delayed) == 1
-    assert snap[task.stream] == ([], 0)
+    assert snap[task.stream] == ([(task.entry_id, ANY)], 0)  # acknowledged
     assert snap[keys.workflow(wf_id)][b"t:1"] == b"a"  # the task stays active for its retry
     assert await store.commit([call]) == [ScriptCode.DUPLICATE]
     assert await snapshot(store.redis, namespace) == snap
@@ -206,7 +207,7 @@ async def test_fail_dead_letters_and_fails_workflow(store: Store, namespace: str
     assert letter.workflow_id == wf_id and letter.step == "a" and letter.queue == "default"
     assert letter.error is not None and letter.error.message == "bad"
     snap = await snapshot(store.redis, namespace)
-    assert snap[task.stream] == ([], 0)
+    assert snap[task.stream] == ([(task.entry_id, ANY)], 0)
     assert await store.commit([call]) == [ScriptCode.DUPLICATE]
     assert await snapshot(store.redis, namespace) == snap
 
@@ -220,7 +221,7 @@ async def test_poison_entry_is_dead_lettered(store: Store, namespace: str) -> No
     assert (
         letter.reason == "undecodable" and letter.workflow_id is None and letter.queue == "default"
     )
-    assert (await snapshot(store.redis, namespace))[stream] == ([], 0)
+    assert (await snapshot(store.redis, namespace))[stream] == ([(entry_id, ANY)], 0)
     with pytest.raises(ReplayError, match="names no workflow task"):
         await store.replay(letter.id)
     await store.drop_dead_letter(letter.id)
@@ -326,7 +327,7 @@ async def test_cancel_codes_and_drops_the_active_task(store: Store, namespace: s
                                payload=b"1", state=b"", now=1)  # fmt: skip
     assert await store.commit([call]) == [ScriptCode.DUPLICATE]
     snap = await snapshot(store.redis, namespace)
-    assert snap[task.stream] == ([], 0)  # the in-flight entry was dropped, nothing enqueued
+    assert snap[task.stream] == ([(task.entry_id, ANY)], 0)  # dropped, nothing enqueued
 
 
 async def test_scripts_reload_after_script_flush(store: Store) -> None:
@@ -348,3 +349,22 @@ async def test_partition_count_is_checked(redis: aredis.Redis, namespace: str) -
     await Store(redis, Settings(namespace=namespace, partitions=2)).check_partitions()
     with pytest.raises(ConfigurationError, match="created with 2 partitions"):
         await Store(redis, Settings(namespace=namespace, partitions=3)).check_partitions()
+
+
+async def test_trim_deletes_only_acknowledged_entries(store: Store) -> None:
+    """Never a pending or an undelivered entry: only those before the oldest pending one
+    (or, with none pending, up to the group's last delivered id)."""
+    stream = store.keys.stream(0, "default")
+    ids = [await store.redis.xadd(stream, {"n": i}) for i in range(6)]
+    assert await store.trim(["default"]) == 0  # nothing delivered yet
+    await store.redis.xreadgroup(GROUP, "c", {stream: ">"}, count=4)  # 0..3 delivered
+    await store.redis.xack(stream, GROUP, ids[0], ids[1], ids[3])  # 2 stays pending
+    assert await store.trim(["default"]) == 2
+    assert [e[0] for e in await store.redis.xrange(stream)] == ids[2:]
+    await store.redis.xack(stream, GROUP, ids[2])  # nothing pending: trim up to 3
+    assert await store.trim(["default"]) == 2
+    assert [e[0] for e in await store.redis.xrange(stream)] == ids[4:]  # undelivered kept
+    assert await store.trim(["default"]) == 0
+    # a stream without the group is left alone
+    await store.redis.xadd(store.keys.stream(0, "other"), {"n": 1})
+    assert await store.trim(["other"]) == 0

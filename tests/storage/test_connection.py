@@ -19,7 +19,12 @@ async def test_hiredis_packing_round_trips_every_argument_kind(redis7: EmbeddedR
         values = {"text": "héllo ✓", "bytes": b"\x00\xff raw", "int": 42, "float": 1.5}
         await r.hset("conn-test", mapping=values)  # type: ignore[arg-type]
         got = await r.hgetall("conn-test")
-        assert got == {b"text": "héllo ✓".encode(), b"bytes": b"\x00\xff raw", b"int": b"42", b"float": b"1.5"}
+        assert got == {
+            b"text": "héllo ✓".encode(),
+            b"bytes": b"\x00\xff raw",
+            b"int": b"42",
+            b"float": b"1.5",
+        }
         sha = await r.script_load("return 1")  # a two-word command name
         assert await r.evalsha(sha, 0) == 1
     finally:

@@ -113,11 +113,13 @@ async def test_concurrency_is_a_hard_limit(make_app: MakeApp, client_for: Client
 
 async def test_leases_are_renewed_while_draining(make_app: MakeApp, client_for: ClientFor) -> None:
     runs: list[str] = []
+    started = asyncio.Event()
     wf = Workflow("drain")
 
     @wf.step
     async def slow(ctx, x):
         runs.append(ctx.worker)
+        started.set()
         await asyncio.sleep(2.5)  # longer than two visibility timeouts, inside the drain
         return x
 
@@ -126,8 +128,7 @@ async def test_leases_are_renewed_while_draining(make_app: MakeApp, client_for: 
     wf_id = await client.start("drain", 1)
     stopping = Worker(app, name="stopping", block_ms=50, drain_timeout=10)
     first = asyncio.create_task(stopping.run())
-    while not runs:
-        await asyncio.sleep(0.02)
+    await started.wait()
     stopping.request_stop()  # drain starts now, with the step still running
     thief = Worker(app, name="thief", block_ms=50, reclaim_interval=0.1)
     second = asyncio.create_task(thief.run(until_idle=True))

@@ -22,6 +22,7 @@ SCRIPTS: dict[str, int] = {
     "heartbeat": 1,
     "replay": 4,
     "cancel": 2,
+    "trim": 1,
 }
 
 

@@ -279,6 +279,20 @@ class Store:
             moved += int(result[0])
         return moved
 
+    async def trim(self, queues: Iterable[str]) -> int:
+        """Delete acknowledged entries of ``queues``' streams in bulk (see trim.lua)."""
+        calls = [
+            self.scripts.args("trim", [self.keys.stream(p, q)], [self.settings.group])
+            for q in queues
+            for p in range(self.settings.partitions)
+        ]
+        deleted = 0
+        for result in await self.scripts.call_many(self.redis, calls):
+            if isinstance(result, Exception):
+                raise result
+            deleted += int(result)
+        return deleted
+
     # -- transitions built by the worker, committed in batches --------------------------------
 
     def complete_call(

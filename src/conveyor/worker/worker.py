@@ -60,6 +60,7 @@ class Worker:
         block_ms: int = 500,
         drain_timeout: float = 30.0,
         promote_interval: float = 0.1,
+        trim_interval: float = 1.0,
         reclaim_interval: float | None = None,
         redis: Redis | None = None,
     ) -> None:
@@ -101,6 +102,7 @@ class Worker:
         self.lease = LeaseKeeper(self.store, self.name, self.inflight, self.queues)
         self.drain_timeout = drain_timeout
         self.promote_interval = promote_interval
+        self.trim_interval = trim_interval
         vt = self.settings.visibility_timeout
         self.reclaim_interval = reclaim_interval or max(0.5, vt / 4)
         self.stopping = asyncio.Event()  # stop reading and taking over
@@ -166,6 +168,7 @@ class Worker:
                     self.reclaim_interval, "reclaiming stalled tasks", self.reclaimer.reclaim, stop
                 )
             ),
+            asyncio.create_task(every(self.trim_interval, "trimming streams", self._trim, stop)),
             # leases are renewed until the very end: a draining step must not be taken over
             asyncio.create_task(
                 every(max(0.5, vt / 3), "renewing leases", self.lease.renew, self.closed)
@@ -194,6 +197,7 @@ class Worker:
             if self.inflight or self.committer or self.reader.idle_reads == 0:
                 continue
             try:
+                await self.store.trim(self.queues)  # acknowledged entries still count in XLEN
                 backlog = await self.store.backlog(self.queues)
             except UNAVAILABLE:
                 continue
@@ -252,6 +256,9 @@ class Worker:
             await self.lease.forget()
         except UNAVAILABLE as exc:
             log.warning("could not hand back entries (%s); they will be reclaimed later", exc)
+
+    async def _trim(self) -> int:
+        return await self.store.trim(self.queues)
 
     # -- dispatch ---------------------------------------------------------------------------
 

@@ -1,5 +1,6 @@
 -- complete: record a step's success and move the workflow on, atomically.
--- Either enqueues the next task or finishes the workflow; always ACKs and deletes the entry.
+-- Either enqueues the next task or finishes the workflow; always ACKs the entry (trim.lua
+-- removes acknowledged entries in bulk later: a per-entry XDEL costs more than all the rest).
 --
 -- KEYS[1]  source task stream (the entry being completed)
 -- KEYS[2]  workflow state hash
@@ -21,9 +22,8 @@
 -- ARGV[14] request id ('' when none)
 --
 -- Returns 0 (OK) or 1 (DUPLICATE: the entry was already acknowledged, or its task is no
--- longer active because it was done, cancelled or expired; the entry was dropped).
+-- longer active because it was done, cancelled or expired; the entry was only ACKed).
 local acked = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-redis.call('XDEL', KEYS[1], ARGV[2])
 local task = 't:' .. ARGV[3]
 if acked == 0 or redis.call('HDEL', KEYS[2], task) == 0 then
   return 1

@@ -1,4 +1,5 @@
 -- fail: record a failed attempt, then schedule a retry or dead-letter the task, atomically.
+-- Always ACKs the entry (trim.lua removes acknowledged entries later).
 --
 -- KEYS[1]  source task stream (the entry that failed)
 -- KEYS[2]  workflow state hash
@@ -20,9 +21,8 @@
 -- ARGV[13..] dead-letter entry: field, value pairs (dead only)
 --
 -- Returns 0 (OK) or 1 (DUPLICATE: the entry was already acknowledged, or its task is no
--- longer active; nothing but the drop was written).
+-- longer active; nothing but the ACK was written).
 local acked = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-redis.call('XDEL', KEYS[1], ARGV[2])
 if acked == 0 then
   return 1
 end
