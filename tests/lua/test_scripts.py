@@ -67,7 +67,7 @@ def test_every_lua_file_is_registered() -> None:
     assert files == set(SCRIPTS)
     for name in files:  # each opens with its header: purpose, KEYS, ARGV, returns
         text = folder.joinpath(f"{name}.lua").read_text()
-        assert text.startswith(f"-- {name}:") and "KEYS[1]" in text and "Returns" in text
+        assert text.startswith(f"-- {name}:") and "KEYS[" in text and "Returns" in text
 
 
 async def test_start_creates_state_and_first_task(store: Store, namespace: str) -> None:
@@ -368,3 +368,27 @@ async def test_trim_deletes_only_acknowledged_entries(store: Store) -> None:
     # a stream without the group is left alone
     await store.redis.xadd(store.keys.stream(0, "other"), {"n": 1})
     assert await store.trim(["other"]) == 0
+
+
+async def test_complete_batch_mixes_outcomes_and_partitions(store: Store, namespace: str) -> None:
+    """Completions of one partition go out as one batch call; each keeps its own result."""
+    store = Store(store.redis, Settings(namespace=namespace, partitions=2))
+    ids = [(await store.start("w", "a", "default", i))[0] for i in range(12)]
+    entries = await store.read(store.keys.streams("default"), "c1", 100, None)
+    tasks = [store.parse_entry(*e) for e in entries]
+    assert len(tasks) == 12 and len({t.partition for t in tasks}) == 2
+    calls = [
+        store.complete_call(t, record(t), next_step=None if i % 2 else "b", next_queue="default",
+                            payload=b"1", state=b"", now=1)
+        for i, t in enumerate(tasks)
+    ]  # fmt: skip
+    fail = store.fail_call(tasks[0], record(tasks[0], "failed"), retry_delay=None,
+                           error={"type": "E", "message": "m"}, reason="r", now=1)  # fmt: skip
+    # the first task both fails and completes: whichever runs first wins, the other is a duplicate
+    results = await store.commit([fail, *calls, calls[3]])
+    assert results[0] == ScriptCode.OK and results[1] == ScriptCode.DUPLICATE
+    assert results[2:13] == [ScriptCode.OK] * 11 and results[13] == ScriptCode.DUPLICATE
+    statuses = [(await store.get(i)).status for i in ids]
+    # odd tasks finished; even ones moved on to "b", but task 0 had failed first
+    assert statuses.count("failed") == 1 and statuses.count("completed") == 6
+    assert statuses.count("running") == 5

@@ -13,7 +13,7 @@ from typing import Any
 
 from redis.exceptions import NoScriptError
 
-# name: number of KEYS. The file is scripts/<name>.lua.
+# name: number of KEYS (per item, for a batch script). The file is scripts/<name>.lua.
 SCRIPTS: dict[str, int] = {
     "start": 2,
     "complete": 4,
@@ -24,6 +24,8 @@ SCRIPTS: dict[str, int] = {
     "cancel": 2,
     "trim": 1,
 }
+# Batch scripts take any number of items, each with SCRIPTS[name] keys.
+BATCHED = frozenset({"complete"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,9 +53,12 @@ class ScriptRegistry:
     def args(self, name: str, keys: list[str], argv: list[Any]) -> list[Any]:
         """EVALSHA arguments for a call of ``name``; checks the key count."""
         script = self.scripts[name]
-        if len(keys) != script.num_keys:
+        if name in BATCHED:
+            if not keys or len(keys) % script.num_keys:
+                raise ValueError(f"script {name} takes {script.num_keys} keys per item")
+        elif len(keys) != script.num_keys:
             raise ValueError(f"script {name} takes {script.num_keys} keys, got {len(keys)}")
-        return ["EVALSHA", script.sha, script.num_keys, *keys, *argv]
+        return ["EVALSHA", script.sha, len(keys), *keys, *argv]
 
     async def load_all(self, redis: Any) -> None:
         pipe = redis.pipeline(transaction=False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
@@ -29,7 +30,19 @@ from .keys import Keys
 from .records import DeadLetter, StepError, Task, WorkflowStatus, from_ms
 from .scripts import ScriptRegistry
 
-Call = list[Any]  # EVALSHA arguments, run by Store.commit
+#: Most completions sent in one call of the batch script (bounds how long one call runs).
+COMPLETE_BATCH = 64
+
+
+@dataclass(slots=True)
+class Transition:
+    """One transition for Store.commit: a script, the partition (hash slot) it touches, and
+    its keys and arguments. Completions of one partition are sent as one batch call."""
+
+    script: str
+    partition: int
+    keys: list[str]
+    argv: list[Any]
 
 
 def now_ms() -> int:
@@ -305,7 +318,7 @@ class Store:
         payload: bytes,
         state: bytes,
         now: int,
-    ) -> Call:
+    ) -> Transition:
         """Complete ``task``: enqueue ``next_step`` with ``payload``, or finish with it."""
         partition = task.partition
         next_stream = self.keys.stream(partition, next_queue) if next_queue else task.stream
@@ -316,7 +329,6 @@ class Store:
             next_stream,
         ]
         argv = [
-            self.settings.group,
             task.entry_id,
             task.task,
             record,
@@ -325,13 +337,12 @@ class Store:
             payload,
             state,
             now,
-            self._retention,
             self.keys.finished_channel(partition),
             task.workflow_id,
             task.workflow,
             task.request_id or "",
         ]
-        return self.scripts.args("complete", keys, argv)
+        return Transition("complete", partition, keys, argv)
 
     def fail_call(
         self,
@@ -342,7 +353,7 @@ class Store:
         error: dict[str, Any],
         reason: str,
         now: int,
-    ) -> Call:
+    ) -> Transition:
         """Fail an attempt of ``task``: retry after ``retry_delay`` seconds, or (None)
         dead-letter it and fail the workflow with ``error``."""
         partition = task.partition
@@ -388,7 +399,7 @@ class Store:
             task.workflow_id,
             *dead_fields,
         ]
-        return self.scripts.args("fail", keys, argv)
+        return Transition("fail", partition, keys, argv)
 
     def _dead_fields(self, task: Task, reason: str, error: dict[str, Any], now: int) -> list[Any]:
         fields: list[Any] = [
@@ -411,7 +422,7 @@ class Store:
 
     def poison_call(
         self, stream: str, entry_id: bytes, fields: dict[bytes, bytes], reason: str
-    ) -> Call:
+    ) -> Transition:
         """Dead-letter an entry that cannot even be decoded (it names no valid task)."""
         partition, queue = self.stream_info(stream)
         raw = {k.decode(errors="replace"): v for k, v in fields.items()}
@@ -422,15 +433,44 @@ class Store:
         # key slots repeat the dead-letter stream, which shares the partition's hash slot
         keys = [stream, dead_stream, dead_stream, self.keys.delayed(partition, queue), dead_stream]
         argv = [self.settings.group, entry_id, "", b"", "dead", 0, b"", b"", 0, 0, "", "", *dead]
-        return self.scripts.args("fail", keys, argv)
+        return Transition("fail", partition, keys, argv)
 
-    async def commit(self, calls: list[Call]) -> list[int | Exception]:
-        """Run transition calls in one pipeline; each result is a ScriptCode value, or the
-        error of that one call (a script error). A connection error raises: it is then
-        unknown which calls ran, and since every transition is idempotent the caller simply
-        commits the same calls again."""
-        results = await self.scripts.call_many(self.redis, calls)
-        return [r if isinstance(r, Exception) else int(r) for r in results]
+    async def commit(self, transitions: list[Transition]) -> list[int | Exception]:
+        """Run transitions in one pipeline: completions batched per partition (one script
+        call for up to COMPLETE_BATCH of them), failures one call each. Each result is a
+        ScriptCode value, or the error of its call (a script error). A connection error
+        raises: it is then unknown which ran, and since every transition is idempotent the
+        caller simply commits the same transitions again."""
+        calls: list[list[Any]] = []
+        owners: list[list[int]] = []  # for each call, the transitions it carries
+        batches: dict[int, list[int]] = {}
+        for i, t in enumerate(transitions):
+            if t.script == "complete":
+                batches.setdefault(t.partition, []).append(i)
+            else:
+                calls.append(self.scripts.args(t.script, t.keys, t.argv))
+                owners.append([i])
+        head = [self.settings.group, self._retention]
+        for members in batches.values():
+            for start in range(0, len(members), COMPLETE_BATCH):
+                chunk = members[start : start + COMPLETE_BATCH]
+                keys = [k for i in chunk for k in transitions[i].keys]
+                argv = head + [a for i in chunk for a in transitions[i].argv]
+                calls.append(self.scripts.args("complete", keys, argv))
+                owners.append(chunk)
+        results: list[int | Exception] = [0] * len(transitions)
+        for members, reply in zip(
+            owners, await self.scripts.call_many(self.redis, calls), strict=True
+        ):
+            if isinstance(reply, Exception):
+                for i in members:
+                    results[i] = reply
+            elif isinstance(reply, list):
+                for i, code in zip(members, reply, strict=True):
+                    results[i] = int(code)
+            else:
+                results[members[0]] = int(reply)
+        return results
 
     # -- reading workflows ------------------------------------------------------------------
 

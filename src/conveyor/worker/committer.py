@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from ..errors import ScriptCode
 from ..storage.connection import UNAVAILABLE
 from ..storage.records import Task
-from ..storage.store import Call, Store
+from ..storage.store import Store, Transition
 from .resilience import Backoff
 
 log = logging.getLogger("conveyor.worker")
@@ -45,13 +45,13 @@ class Committer:
         self.stats = stats
         self.on_done = on_done
         self.max_batch = max_batch
-        self.pending: list[tuple[Call, Task | None, str]] = []
+        self.pending: list[tuple[Transition, Task | None, str]] = []
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
         self._closing = False
 
-    def submit(self, call: Call, task: Task | None, kind: str) -> None:
+    def submit(self, call: Transition, task: Task | None, kind: str) -> None:
         self.pending.append((call, task, kind))
         self._idle.clear()
         self._wake.set()

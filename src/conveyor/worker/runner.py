@@ -19,7 +19,7 @@ from .. import codec
 from ..app import App
 from ..errors import DefinitionError, NonRetryableError, Retry, StepInputError
 from ..storage.records import Task
-from ..storage.store import Call, Store
+from ..storage.store import Store, Transition
 from ..workflow import Done, Goto, Step, StepContext, compute_backoff
 
 log = logging.getLogger("conveyor.worker")
@@ -51,7 +51,7 @@ NOT_RETRYABLE = (
 class Outcome:
     """The transition to commit for a task, and what kind it is (for stats and logs)."""
 
-    call: Call
+    call: Transition
     kind: str  # completed | retried | dead
 
 
@@ -224,7 +224,7 @@ class StepRunner:
         # splice the already-encoded result in rather than encoding it a second time
         return encoded[:-1] + b',"result":' + result + b"}"
 
-    def dead_letter(self, task: Task, reason: str, error_type: str) -> Call:
+    def dead_letter(self, task: Task, reason: str, error_type: str) -> Transition:
         """Dead-letter a task without running it (delivered too many times)."""
         now = _now_ms()
         error = {"type": error_type, "message": reason, "traceback": None, "step": task.step}

@@ -1,54 +1,71 @@
--- complete: record a step's success and move the workflow on, atomically.
--- Either enqueues the next task or finishes the workflow; always ACKs the entry (trim.lua
--- removes acknowledged entries in bulk later: a per-entry XDEL costs more than all the rest).
+-- complete: record steps' successes and move their workflows on, atomically per workflow.
+-- Takes a batch of completions of one partition (one hash slot), so a worker commits many in
+-- one call. Each either enqueues its next task or finishes its workflow, and always ACKs its
+-- entry (trim.lua removes acknowledged entries in bulk later: a per-entry XDEL cost more
+-- than all the rest).
 --
--- KEYS[1]  source task stream (the entry being completed)
--- KEYS[2]  workflow state hash
--- KEYS[3]  workflow history list
--- KEYS[4]  task stream of the next step's queue (any stream of the partition when finishing)
--- ARGV[1]  consumer group
--- ARGV[2]  entry id
--- ARGV[3]  task number being completed
--- ARGV[4]  history record (JSON, appended as is)
--- ARGV[5]  'next' to enqueue ARGV[6] with input ARGV[7]; 'done' to finish with result ARGV[7]
--- ARGV[6]  next step name ('' when done)
--- ARGV[7]  next input, or the workflow result (JSON)
--- ARGV[8]  workflow state (JSON, '' when empty): stored, and carried by the next task
--- ARGV[9]  now, ms since the epoch
--- ARGV[10] retention of a finished workflow, seconds
--- ARGV[11] pub/sub channel announcing finished workflows
--- ARGV[12] workflow id
--- ARGV[13] workflow name
--- ARGV[14] request id ('' when none)
+-- KEYS, 4 per completion i (k = 4 * (i - 1)):
+-- KEYS[k+1]  source task stream (the entry being completed)
+-- KEYS[k+2]  workflow state hash
+-- KEYS[k+3]  workflow history list
+-- KEYS[k+4]  task stream of the next step's queue (any stream of the partition when finishing)
+-- ARGV[1]    consumer group
+-- ARGV[2]    retention of a finished workflow, seconds
+-- ARGV, 12 per completion i (a = 2 + 12 * (i - 1)):
+-- ARGV[a+1]  entry id
+-- ARGV[a+2]  task number being completed
+-- ARGV[a+3]  history record (JSON, appended as is)
+-- ARGV[a+4]  'next' to enqueue ARGV[a+5] with input ARGV[a+6]; 'done' to finish with it
+-- ARGV[a+5]  next step name ('' when done)
+-- ARGV[a+6]  next input, or the workflow result (JSON)
+-- ARGV[a+7]  workflow state (JSON, '' when empty): stored, and carried by the next task
+-- ARGV[a+8]  now, ms since the epoch
+-- ARGV[a+9]  pub/sub channel announcing finished workflows
+-- ARGV[a+10] workflow id
+-- ARGV[a+11] workflow name
+-- ARGV[a+12] request id ('' when none)
 --
--- Returns 0 (OK) or 1 (DUPLICATE: the entry was already acknowledged, or its task is no
--- longer active because it was done, cancelled or expired; the entry was only ACKed).
-local acked = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-local task = 't:' .. ARGV[3]
-if acked == 0 or redis.call('HDEL', KEYS[2], task) == 0 then
-  return 1
-end
-redis.call('RPUSH', KEYS[3], ARGV[4])
-if ARGV[8] ~= '' then
-  redis.call('HSET', KEYS[2], 'state', ARGV[8])
-end
-if ARGV[5] == 'next' then
-  local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
-  redis.call('HSET', KEYS[2], 't:' .. seq, ARGV[6], 'step', ARGV[6], 'updated_at', ARGV[9])
-  local fields = {'workflow_id', ARGV[12], 'workflow', ARGV[13], 'step', ARGV[6],
-    'task', tostring(seq), 'attempt', '1', 'input', ARGV[7]}
-  if ARGV[8] ~= '' then
-    table.insert(fields, 'state'); table.insert(fields, ARGV[8])
+-- Returns one code per completion: 0 (OK) or 1 (DUPLICATE: the entry was already
+-- acknowledged, or its task is no longer active because it was done, cancelled or expired;
+-- the entry was only ACKed).
+local group, retention = ARGV[1], ARGV[2]
+
+local function complete(k, a)
+  local stream, wf, history, next_stream = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
+  if redis.call('XACK', stream, group, ARGV[a + 1]) == 0
+      or redis.call('HDEL', wf, 't:' .. ARGV[a + 2]) == 0 then
+    return 1
   end
-  if ARGV[14] ~= '' then
-    table.insert(fields, 'request_id'); table.insert(fields, ARGV[14])
+  redis.call('RPUSH', history, ARGV[a + 3])
+  local state, now = ARGV[a + 7], ARGV[a + 8]
+  if state ~= '' then
+    redis.call('HSET', wf, 'state', state)
   end
-  redis.call('XADD', KEYS[4], '*', unpack(fields))
-else
-  redis.call('HSET', KEYS[2], 'status', 'completed', 'result', ARGV[7],
-    'finished_at', ARGV[9], 'updated_at', ARGV[9])
-  redis.call('EXPIRE', KEYS[2], ARGV[10])
-  redis.call('EXPIRE', KEYS[3], ARGV[10])
-  redis.call('PUBLISH', ARGV[11], ARGV[12])
+  if ARGV[a + 4] == 'next' then
+    local step = ARGV[a + 5]
+    local seq = redis.call('HINCRBY', wf, 'seq', 1)
+    redis.call('HSET', wf, 't:' .. seq, step, 'step', step, 'updated_at', now)
+    local fields = {'workflow_id', ARGV[a + 10], 'workflow', ARGV[a + 11], 'step', step,
+      'task', tostring(seq), 'attempt', '1', 'input', ARGV[a + 6]}
+    if state ~= '' then
+      table.insert(fields, 'state'); table.insert(fields, state)
+    end
+    if ARGV[a + 12] ~= '' then
+      table.insert(fields, 'request_id'); table.insert(fields, ARGV[a + 12])
+    end
+    redis.call('XADD', next_stream, '*', unpack(fields))
+  else
+    redis.call('HSET', wf, 'status', 'completed', 'result', ARGV[a + 6],
+      'finished_at', now, 'updated_at', now)
+    redis.call('EXPIRE', wf, retention)
+    redis.call('EXPIRE', history, retention)
+    redis.call('PUBLISH', ARGV[a + 9], ARGV[a + 10])
+  end
+  return 0
 end
-return 0
+
+local codes = {}
+for i = 1, #KEYS / 4 do
+  codes[i] = complete(4 * (i - 1), 2 + 12 * (i - 1))
+end
+return codes
