@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from redis.asyncio import Redis
 
 from .app import App
+from .coalesce import StartCoalescer
 from .errors import (
     ResultTimeoutError,
     UnknownWorkflowError,
@@ -60,6 +61,7 @@ class AsyncClient:
         self.store = Store(self.redis, self.settings)
         self._routes: dict[str, tuple[str, str]] = {}
         self._watcher = FinishedWatcher(self.redis)
+        self._starts = StartCoalescer(self.store)
         self._checked = False
 
     @classmethod
@@ -117,9 +119,10 @@ class AsyncClient:
         if not self._checked:
             await self.store.check_partitions()
             self._checked = True
-        workflow_id, _ = await self.store.start(
+        request = self.store.start_request(
             workflow, step, queue, input, idempotency_key=idempotency_key, request_id=request_id
         )
+        workflow_id, _ = await self._starts.start(request)
         return workflow_id
 
     # -- reading ----------------------------------------------------------------------------

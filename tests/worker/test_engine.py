@@ -470,3 +470,30 @@ async def test_many_concurrent_starts_and_waits(make_app: MakeApp, client_for: C
     statuses = await waiting
     assert [s.result for s in statuses] == list(range(300))
     assert all(s.status == "completed" for s in statuses)
+
+
+async def test_concurrent_starts_are_coalesced_and_keep_their_errors(
+    make_app: MakeApp, client_for: ClientFor
+) -> None:
+    wf = Workflow("many")
+    wf.step(lambda ctx, x: x, name="echo")
+    app = make_app(wf, partitions=1, max_backlog=50)
+    client = client_for(app)
+    batches: list[int] = []
+    real = client.store.start_many
+
+    async def recording(requests):  # a spy on our own method: Redis itself is real
+        batches.append(len(requests))
+        return await real(requests)
+
+    client.store.start_many = recording  # type: ignore[method-assign]
+    results = await asyncio.gather(
+        *(client.start("many", i) for i in range(60)), return_exceptions=True
+    )
+    ids = [r for r in results if isinstance(r, str)]
+    refused = [r for r in results if isinstance(r, BackPressureError)]
+    assert len(ids) == 50 and len(refused) == 10  # each start keeps its own outcome
+    assert sum(batches) == 60 and len(batches) <= 3  # a burst goes out in a few pipelines
+    await drain(app)
+    values = {await client.result(i, timeout=1) for i in ids}
+    assert len(values) == 50 and values <= set(range(60))

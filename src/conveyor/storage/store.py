@@ -35,6 +35,17 @@ COMPLETE_BATCH = 64
 
 
 @dataclass(slots=True)
+class StartRequest:
+    """A prepared start (see Store.start_request), run by Store.start_many."""
+
+    workflow_id: str
+    partition: int
+    queue: str
+    keys: list[str]
+    argv: list[Any]
+
+
+@dataclass(slots=True)
 class Transition:
     """One transition for Store.commit: a script, the partition (hash slot) it touches, and
     its keys and arguments. Completions of one partition are sent as one batch call."""
@@ -126,7 +137,7 @@ class Store:
 
     # -- start ------------------------------------------------------------------------------
 
-    async def start(
+    def start_request(
         self,
         workflow: str,
         step: str,
@@ -135,8 +146,8 @@ class Store:
         *,
         idempotency_key: str | None = None,
         request_id: str | None = None,
-    ) -> tuple[str, bool]:
-        """Create a workflow and enqueue its first task. Returns (id, created)."""
+    ) -> StartRequest:
+        """Prepare a start: choose the workflow id (deterministic with an idempotency key)."""
         if idempotency_key is not None:
             workflow_id = idempotent_workflow_id(workflow, idempotency_key)
         else:
@@ -152,21 +163,44 @@ class Store:
             now_ms(),
             request_id or "",
         ]
-        try:
-            code, detail = await self.scripts.call(self.redis, "start", keys, argv)
-        except ResponseError as exc:
-            if str(exc).startswith("OOM"):
-                raise BackPressureError(
+        return StartRequest(workflow_id, partition, queue, keys, argv)
+
+    async def start(self, *args: Any, **kwargs: Any) -> tuple[str, bool]:
+        """Create a workflow and enqueue its first task. Returns (id, created).
+        Arguments as for :meth:`start_request`."""
+        [outcome] = await self.start_many([self.start_request(*args, **kwargs)])
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    async def start_many(
+        self, requests: list[StartRequest]
+    ) -> list[tuple[str, bool] | BackPressureError]:
+        """Run starts in one pipeline. Each result is (id, created) or the BackPressureError
+        of that start (its queue is full, or Redis is out of memory); other errors raise."""
+        calls = [self.scripts.args("start", r.keys, r.argv) for r in requests]
+        out: list[tuple[str, bool] | BackPressureError] = []
+        for request, reply in zip(
+            requests, await self.scripts.call_many(self.redis, calls), strict=True
+        ):
+            if isinstance(reply, ResponseError) and str(reply).startswith("OOM"):
+                out.append(BackPressureError(
                     "Redis is out of memory (maxmemory reached): start refused; retry later",
                     retry_after=5.0,
-                ) from exc
-            raise
-        if code == ScriptCode.BACKPRESSURE:
-            raise BackPressureError(
-                f"queue {queue!r} is full: partition {partition} holds {int(detail)} tasks "
-                f"(bound {self.settings.backlog_per_partition}); retry later"
-            )
-        return workflow_id, code == ScriptCode.OK
+                ))  # fmt: skip
+                continue
+            if isinstance(reply, Exception):
+                raise reply
+            code, detail = reply
+            if code == ScriptCode.BACKPRESSURE:
+                out.append(BackPressureError(
+                    f"queue {request.queue!r} is full: partition {request.partition} holds "
+                    f"{int(detail)} tasks (bound {self.settings.backlog_per_partition}); "
+                    "retry later"
+                ))  # fmt: skip
+                continue
+            out.append((request.workflow_id, code == ScriptCode.OK))
+        return out
 
     # -- reading ----------------------------------------------------------------------------
 
