@@ -44,13 +44,15 @@ class Keys:
 
     # -- per workflow -----------------------------------------------------------------------
 
-    def workflow(self, workflow_id: str) -> str:
-        """State hash of one workflow."""
-        return f"{self._p(self.partition(workflow_id))}:wf:{workflow_id}"
+    def workflow(self, workflow_id: str, partition: int | None = None) -> str:
+        """State hash of one workflow (``partition`` saves recomputing it when known)."""
+        p = self.partition(workflow_id) if partition is None else partition
+        return f"{self.namespace}:{{p{p}}}:wf:{workflow_id}"
 
-    def history(self, workflow_id: str) -> str:
+    def history(self, workflow_id: str, partition: int | None = None) -> str:
         """Step history list of one workflow (one JSON record per attempt)."""
-        return f"{self._p(self.partition(workflow_id))}:wf:{workflow_id}:history"
+        p = self.partition(workflow_id) if partition is None else partition
+        return f"{self.namespace}:{{p{p}}}:wf:{workflow_id}:history"
 
     # -- global (not touched by transition scripts) ------------------------------------------
 

@@ -358,8 +358,8 @@ class Store:
         next_stream = self.keys.stream(partition, next_queue) if next_queue else task.stream
         keys = [
             task.stream,
-            self.keys.workflow(task.workflow_id),
-            self.keys.history(task.workflow_id),
+            self.keys.workflow(task.workflow_id, partition),
+            self.keys.history(task.workflow_id, partition),
             next_stream,
         ]
         argv = [
@@ -393,8 +393,8 @@ class Store:
         partition = task.partition
         keys = [
             task.stream,
-            self.keys.workflow(task.workflow_id),
-            self.keys.history(task.workflow_id),
+            self.keys.workflow(task.workflow_id, partition),
+            self.keys.history(task.workflow_id, partition),
             self.keys.delayed(partition, task.queue),
             self.keys.dead(partition),
         ]
