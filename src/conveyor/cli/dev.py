@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from pathlib import Path
@@ -12,7 +11,7 @@ from rich.console import Console
 from ..embedded import EmbeddedRedis, free_port
 from ..loader import load_app
 from ..logs import setup_logging
-from ..worker.process import WorkerOptions, exit_past_stuck_steps, serve
+from ..worker.process import WorkerOptions, exit_past_stuck_steps, run_async, serve
 
 console = Console(stderr=True)
 DEV_PORT = 6399
@@ -59,7 +58,7 @@ def run_dev(
     )
     os.environ["REDIS_URL"] = redis_url
     try:
-        asyncio.run(serve(app, WorkerOptions(concurrency=concurrency)))
+        run_async(serve(app, WorkerOptions(concurrency=concurrency)))
     finally:
         if server is not None:
             server.stop()  # graceful: Redis flushes its AOF

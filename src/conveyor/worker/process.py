@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,7 @@ async def serve(app: App, options: WorkerOptions) -> None:
         drain_timeout=options.drain_timeout,
     )
     loop = asyncio.get_running_loop()
+    log.info("event loop: %s.%s", type(loop).__module__, type(loop).__name__)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.request_stop)
     try:
@@ -48,8 +50,25 @@ async def serve(app: App, options: WorkerOptions) -> None:
             loop.remove_signal_handler(sig)
 
 
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop when it is installed (``pip install 'conveyor[fast]'``): about 15% more
+    transitions per second per worker process (docs/benchmarks.md); else asyncio's own."""
+    if os.environ.get("CONVEYOR_EVENT_LOOP", "auto") == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def run_async(main: Coroutine[Any, Any, None]) -> None:
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        runner.run(main)
+
+
 def run_in_this_process(app: App, options: WorkerOptions) -> None:
-    asyncio.run(serve(app, options))
+    run_async(serve(app, options))
     exit_past_stuck_steps()
 
 
