@@ -63,6 +63,7 @@ class AsyncClient:
         self._watcher = FinishedWatcher(self.redis)
         self._starts = StartCoalescer(self.store)
         self._checked = False
+        self._checking: asyncio.Future[None] | None = None
 
     @classmethod
     def for_app(cls, app: App, **options: Any) -> AsyncClient:
@@ -117,13 +118,19 @@ class AsyncClient:
         """
         step, queue = await self._route(workflow)
         if not self._checked:
-            await self.store.check_partitions()
-            self._checked = True
+            await self._check_partitions()
         request = self.store.start_request(
             workflow, step, queue, input, idempotency_key=idempotency_key, request_id=request_id
         )
         workflow_id, _ = await self._starts.start(request)
         return workflow_id
+
+    async def _check_partitions(self) -> None:
+        """Once per client, shared by concurrent first starts."""
+        if self._checking is None or (self._checking.done() and self._checking.exception()):
+            self._checking = asyncio.ensure_future(self.store.check_partitions())
+        await asyncio.shield(self._checking)
+        self._checked = True
 
     # -- reading ----------------------------------------------------------------------------
 

@@ -30,3 +30,10 @@ async def test_hiredis_packing_round_trips_every_argument_kind(redis7: EmbeddedR
     finally:
         await r.delete("conn-test")
         await r.aclose()
+
+
+def test_no_per_command_timeout_but_keepalive_probing(redis7: EmbeddedRedis) -> None:
+    r = connect(redis7.url)
+    kwargs = r.connection_pool.connection_kwargs
+    assert kwargs["socket_timeout"] is None and kwargs["socket_keepalive"] is True
+    assert kwargs["socket_keepalive_options"]  # dead peers found in ~25 s, not hours

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import hiredis
@@ -14,6 +15,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import ConfigurationError
+
+#: TCP keepalive probing: a silent peer is declared dead after about 10 + 3 * 5 = 25 s
+#: (Linux's default would wait over two hours).
+KEEPALIVE: dict[int, int] = {
+    getattr(socket, name): value
+    for name, value in (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3))
+    if hasattr(socket, name)
+}
 
 #: Errors that mean "Redis is not reachable right now": callers back off and try again.
 UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, BusyLoadingError, ConnectionError, OSError)
@@ -67,7 +76,12 @@ def connect(url: str, *, max_connections: int | None = None, **options: Any) -> 
         max_connections=max_connections or 64,
         timeout=None,
         decode_responses=False,
+        # No per-command socket timeout: on Python 3.11 redis-py wraps every read and write
+        # in asyncio.wait_for for it, a Task per command (17% of single-step throughput,
+        # docs/benchmarks.md). Dead connections are found by TCP keepalive instead.
+        socket_timeout=options.pop("socket_timeout", None),
         socket_keepalive=True,
+        socket_keepalive_options=options.pop("socket_keepalive_options", KEEPALIVE),
         socket_connect_timeout=options.pop("socket_connect_timeout", 5.0),
         health_check_interval=options.pop("health_check_interval", 30),
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
