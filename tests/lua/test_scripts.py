@@ -181,11 +181,14 @@ async def test_fail_retry_then_promote(store: Store, namespace: str) -> None:
     assert snap[keys.workflow(wf_id)][b"t:1"] == b"a"  # the task stays active for its retry
     assert await store.commit([call]) == [ScriptCode.DUPLICATE]
     assert await snapshot(store.redis, namespace) == snap
-    assert await store.promote(["default"]) == 1
+    assert await store.promote(["default"]) == (1, False)
     retry = await read_one(store)
     assert (retry.task, retry.attempt, retry.input, retry.request_id) == (1, 2, b'{"x":1}', "r")
     assert await store.redis.zcard(keys.delayed(task.partition, "default")) == 0
-    assert await store.promote(["default"]) == 0
+    assert await store.promote(["default"]) == (0, False)
+    await store.commit([store.fail_call(retry, record(retry, "failed"), retry_delay=60,
+                                        error=error, reason="r", now=1)])  # fmt: skip
+    assert await store.promote(["default"]) == (0, True)  # not due yet, still waiting
 
 
 async def test_fail_dead_letters_and_fails_workflow(store: Store, namespace: str) -> None:

@@ -312,19 +312,21 @@ class Store:
                 pipe.xclaim(stream, self.settings.group, consumer, 0, ids, idle=idle, justid=True)
         await pipe.execute()
 
-    async def promote(self, queues: Iterable[str], limit: int = 1000) -> int:
-        """Move due delayed tasks of ``queues`` (all partitions) onto their streams."""
+    async def promote(self, queues: Iterable[str], limit: int = 1000) -> tuple[int, bool]:
+        """Move due delayed tasks of ``queues`` (all partitions) onto their streams.
+        Returns (tasks moved, whether any task is still waiting)."""
         calls = [
             self.scripts.args("promote", [self.keys.delayed(p, q), self.keys.stream(p, q)], [limit])
             for q in queues
             for p in range(self.settings.partitions)
         ]
-        moved = 0
+        moved, waiting = 0, False
         for result in await self.scripts.call_many(self.redis, calls):
             if isinstance(result, Exception):
                 raise result
             moved += int(result[0])
-        return moved
+            waiting = waiting or int(result[1]) >= 0
+        return moved, waiting
 
     async def trim(self, queues: Iterable[str]) -> int:
         """Delete acknowledged entries of ``queues``' streams in bulk (see trim.lua)."""

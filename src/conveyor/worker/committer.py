@@ -39,8 +39,10 @@ class Committer:
         store: Store,
         stats: Stats,
         on_done: Callable[[Task | None], None],
+        on_retry: Callable[[], None] = lambda: None,
         max_batch: int = 512,
     ) -> None:
+        self.on_retry = on_retry
         self.store = store
         self.stats = stats
         self.on_done = on_done
@@ -111,6 +113,7 @@ class Committer:
             self.stats.completed += 1
         elif kind == "retried":
             self.stats.retried += 1
+            self.on_retry()
         elif kind == "poison":
             self.stats.poison += 1
         else:

@@ -83,7 +83,7 @@ class Worker:
         self.inflight = InFlight()
         # one thread per slot: a sync step never waits for a thread (its timeout would count it)
         self.runner = StepRunner(app, self.store, self.name, threads or concurrency)
-        self.committer = Committer(self.store, self.stats, self._committed)
+        self.committer = Committer(self.store, self.stats, self._committed, self._retried)
         self.reader = Reader(
             self.store,
             self.name,
@@ -98,7 +98,7 @@ class Worker:
         self.reclaimer = Reclaimer(
             self.store, self.name, self.streams, self.capacity, self._dispatch
         )
-        self.promoter = Promoter(self.store, self.queues)
+        self.promoter = Promoter(self.store, self.queues, promote_interval)
         self.lease = LeaseKeeper(self.store, self.name, self.inflight, self.queues)
         self.drain_timeout = drain_timeout
         self.promote_interval = promote_interval
@@ -160,9 +160,7 @@ class Worker:
         self._loops = [
             asyncio.create_task(self.reader.run(stop), name="conveyor-reader"),
             asyncio.create_task(self.committer.run(), name="conveyor-committer"),
-            asyncio.create_task(
-                every(self.promote_interval, "promoting delayed tasks", self.promoter.promote, stop)
-            ),
+            asyncio.create_task(self.promoter.run(stop), name="conveyor-promoter"),
             asyncio.create_task(
                 every(
                     self.reclaim_interval, "reclaiming stalled tasks", self.reclaimer.reclaim, stop
@@ -256,6 +254,9 @@ class Worker:
             await self.lease.forget()
         except UNAVAILABLE as exc:
             log.warning("could not hand back entries (%s); they will be reclaimed later", exc)
+
+    def _retried(self) -> None:
+        self.promoter.wake.set()  # a retry is waiting: poll the delayed sets at full rate
 
     async def _trim(self) -> int:
         return await self.store.trim(self.queues)
