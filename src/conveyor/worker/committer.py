@@ -1,5 +1,6 @@
-"""Commits transitions in batches: whatever finished while the previous batch was in flight
-goes out in the next single pipeline, so load raises the batch size instead of round trips."""
+"""Commits transitions in batches: whatever finished while earlier batches were in flight goes
+out in the next pipeline, so load raises the batch size instead of the round trips. A few
+pipelines (lanes) are in flight at once so that Redis and Python work at the same time."""
 
 from __future__ import annotations
 
@@ -40,9 +41,12 @@ class Committer:
         stats: Stats,
         on_done: Callable[[Task | None], None],
         on_retry: Callable[[], None] = lambda: None,
-        max_batch: int = 512,
+        max_batch: int = 128,
+        lanes: int = 4,
     ) -> None:
         self.on_retry = on_retry
+        self.lanes = lanes
+        self._in_flight = 0  # batches being committed right now
         self.store = store
         self.stats = stats
         self.on_done = on_done
@@ -62,44 +66,61 @@ class Committer:
         return len(self.pending)
 
     async def run(self) -> None:
+        """Commit on ``lanes`` pipelines at once: Redis runs one batch while Python builds
+        the next (with one pipeline the two take turns). Safe, since a workflow has at most
+        one transition of a task in flight, and repeats are answered DUPLICATE."""
+        await asyncio.gather(*(self._lane() for _ in range(self.lanes)))
+
+    async def _lane(self) -> None:
         backoff = Backoff()
         while True:
             if not self.pending:
-                self._idle.set()
-                if self._closing:
-                    return
+                if self._in_flight == 0:
+                    self._idle.set()
+                    if self._closing:
+                        self._wake.set()  # let the other lanes see it too
+                        return
                 self._wake.clear()
                 await self._wake.wait()
                 continue
             batch = self.pending[: self.max_batch]
+            del self.pending[: len(batch)]
+            self._in_flight += 1
             try:
                 results = await self.store.commit([call for call, _, _ in batch])
-            except UNAVAILABLE as exc:
-                # It is unknown which calls ran: send them all again once Redis is back
-                # (transitions are idempotent; a repeat is answered DUPLICATE).
-                await backoff.wait("committing step results", exc)
-                continue
             except Exception as exc:
-                # Not an outage: retry a few times, then give the batch up. Its entries stay
-                # pending without a lease, so they are redelivered; nothing is lost.
-                if backoff.failures == 0:
-                    log.exception("committing %d step results failed", len(batch))
-                if backoff.failures >= GIVE_UP_AFTER:
-                    log.error("giving up %d results; their tasks will be redelivered", len(batch))
-                    del self.pending[: len(batch)]
-                    self.stats.errors += len(batch)
-                    for _, task, _ in batch:
-                        self.on_done(task)
-                    backoff.reset()
-                    continue
-                await backoff.wait("committing step results", exc)
+                self._in_flight -= 1
+                await self._failed(batch, backoff, exc)
                 continue
+            self._in_flight -= 1
             backoff.reset()
-            del self.pending[: len(batch)]
             self.stats.batches += 1
             for (_, task, kind), result in zip(batch, results, strict=True):
                 self._count(task, kind, result)
                 self.on_done(task)
+
+    async def _failed(
+        self, batch: list[tuple[Transition, Task | None, str]], backoff: Backoff, exc: Exception
+    ) -> None:
+        if isinstance(exc, UNAVAILABLE):
+            # It is unknown which calls ran: send them all again once Redis is back
+            # (transitions are idempotent; a repeat is answered DUPLICATE).
+            self.pending[:0] = batch
+            await backoff.wait("committing step results", exc)
+            return
+        # Not an outage: retry a few times, then give the batch up. Its entries stay pending
+        # without a lease, so they are redelivered; nothing is lost.
+        if backoff.failures == 0:
+            log.exception("committing %d step results failed", len(batch))
+        if backoff.failures >= GIVE_UP_AFTER:
+            log.error("giving up %d results; their tasks will be redelivered", len(batch))
+            self.stats.errors += len(batch)
+            for _, task, _ in batch:
+                self.on_done(task)
+            backoff.reset()
+            return
+        self.pending[:0] = batch
+        await backoff.wait("committing step results", exc)
 
     def _count(self, task: Task | None, kind: str, result: int | Exception) -> None:
         if isinstance(result, Exception):
