@@ -497,3 +497,30 @@ async def test_concurrent_starts_are_coalesced_and_keep_their_errors(
     await drain(app)
     values = {await client.result(i, timeout=1) for i in ids}
     assert len(values) == 50 and values <= set(range(60))
+
+
+async def test_workers_serve_only_their_queues(make_app: MakeApp, client_for: ClientFor) -> None:
+    from conveyor import ConfigurationError, Worker
+
+    wf = Workflow("split")
+
+    @wf.step(start=True, queue="fast", then="heavy")
+    def light(ctx, x):
+        return x + 1
+
+    @wf.step(queue="gpu")
+    def heavy(ctx, x):
+        return {"value": x, "worker": ctx.worker}
+
+    app = make_app(wf)
+    client = client_for(app)
+    wf_id = await client.start("split", 1)
+    fast = await drain(app, queues=["fast"], name="fast-worker")
+    st = await client.status(wf_id)
+    assert fast.stats.completed == 1 and st.status == "running" and st.step == "heavy"
+    await drain(app, queues=["gpu"], name="gpu-worker")
+    assert await client.result(wf_id, timeout=1) == {"value": 2, "worker": "gpu-worker"}
+    with pytest.raises(
+        ConfigurationError, match=r"no step of this app runs on queue\(s\) \['nope'\]"
+    ):
+        Worker(app, queues=["nope"])
