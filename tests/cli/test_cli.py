@@ -67,6 +67,10 @@ def test_readable_errors(env: dict[str, str]) -> None:
         conveyor("worker", "conveyor.demo:nothing", env=env), "has no attribute 'nothing'"
     )
     assert_one_line_error(
+        conveyor("worker", "conveyor.demo:app", "--queues", "default, nope", env=env),
+        "no step of this app runs on queue(s) ['nope']",
+    )
+    assert_one_line_error(
         conveyor("status", "x", env={**env, "REDIS_URL": "http://x"}), "unsupported Redis URL"
     )
 
