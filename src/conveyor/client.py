@@ -65,10 +65,6 @@ class AsyncClient:
         self._checked = False
         self._checking: asyncio.Future[None] | None = None
 
-    @classmethod
-    def for_app(cls, app: App, **options: Any) -> AsyncClient:
-        return cls(app=app, **options)
-
     async def __aenter__(self) -> AsyncClient:
         return self
 

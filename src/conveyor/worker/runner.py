@@ -19,7 +19,7 @@ from .. import codec
 from ..app import App
 from ..errors import DefinitionError, NonRetryableError, Retry, StepInputError
 from ..storage.records import Task
-from ..storage.store import Store, Transition
+from ..storage.store import Store, Transition, now_ms
 from ..workflow import Done, Goto, Step, StepContext, compute_backoff
 
 log = logging.getLogger("conveyor.worker")
@@ -66,7 +66,7 @@ class StepRunner:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     async def run(self, task: Task) -> Outcome:
-        started = _now_ms()
+        started = now_ms()
         attempt = task.attempt
         step = self.app.step(task.workflow, task.step)
         try:
@@ -134,7 +134,7 @@ class StepRunner:
             raise ResultEncodingError(
                 f"step {step.qualified_name} returned a value that is not JSON: {exc}"
             ) from exc
-        now = _now_ms()
+        now = now_ms()
         record = self._record(task, attempt, "completed", started, now, result=payload)
         call = self.store.complete_call(
             task,
@@ -173,7 +173,7 @@ class StepRunner:
             "traceback": "".join(traceback.format_exception(exc)),
             "step": task.step,
         }
-        now = _now_ms()
+        now = now_ms()
         delay = self._retry_delay(step, exc, attempt)
         record = self._record(task, attempt, "failed", started, now, error=error)
         if delay is None:
@@ -226,13 +226,9 @@ class StepRunner:
 
     def dead_letter(self, task: Task, reason: str, error_type: str) -> Transition:
         """Dead-letter a task without running it (delivered too many times)."""
-        now = _now_ms()
+        now = now_ms()
         error = {"type": error_type, "message": reason, "traceback": None, "step": task.step}
         record = self._record(task, task.attempt, "failed", now, now, error=error)
         return self.store.fail_call(
             task, record, retry_delay=None, error=error, reason=reason, now=now
         )
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
