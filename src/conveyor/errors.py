@@ -82,6 +82,24 @@ class Retry(ConveyorError):
         self.delay = delay
 
 
+class RateLimited(ConveyorError):
+    """Raise from a step when an outside API refused it for rate (an HTTP 429 with
+    Retry-After): the step's shared rate limit is pushed back by ``retry_after`` seconds, so
+    every worker slows down, and the task runs again later. It is not counted as a failure."""
+
+    def __init__(self, retry_after: float, reason: str = "rate limited") -> None:
+        super().__init__(f"{reason} (retry after {retry_after:g}s)")
+        self.retry_after = max(0.0, float(retry_after))
+
+
+class StepBudgetExceededError(ConveyorError):
+    """The workflow created more tasks than its ``max_steps`` budget (a runaway loop)."""
+
+
+class SignalError(ConveyorError):
+    """A signal could not be delivered (the workflow finished, or bad arguments)."""
+
+
 class ScriptCode(IntEnum):
     """Stable result codes returned by the Lua transition scripts."""
 
@@ -91,3 +109,4 @@ class ScriptCode(IntEnum):
     NOT_FOUND = 3  # the workflow (or dead-letter entry) does not exist
     NOT_FAILED = 4  # replay of a workflow that is not in the failed state
     FINISHED = 5  # the workflow already finished (cancel of a finished workflow)
+    CHANGED = 6  # what the caller read before the call changed meanwhile: read again

@@ -16,6 +16,7 @@ from conveyor.errors import DeadLetterNotFoundError, ScriptCode
 from conveyor.storage.records import Task
 from conveyor.storage.scripts import SCRIPTS
 from conveyor.storage.store import Store
+from conveyor.storage.transitions import Transition
 
 GROUP = "agents"
 
@@ -61,13 +62,41 @@ def record(task: Task, status: str = "completed") -> bytes:
                         "status": status, "worker": "c1"})  # fmt: skip
 
 
+def complete_call(
+    store: Store, task: Task, rec: bytes, *, next_step: str | None, next_queue: str | None,
+    payload: bytes, state: bytes, now: int,
+) -> Transition:  # fmt: skip
+    """Move ``task`` on to ``next_step``, or (None) finish its workflow with ``payload``."""
+    if next_step is not None:
+        return store.transitions.next(task, rec, now, state, next_step, next_queue or "", payload)
+    return store.transitions.returned(task, rec, now, state, payload, None)
+
+
+def fail_call(
+    store: Store, task: Task, rec: bytes, *, retry_delay: float | None, error: dict[str, Any],
+    reason: str, now: int,
+) -> Transition:  # fmt: skip
+    """Retry ``task`` after ``retry_delay`` seconds, or (None) dead-letter it."""
+    if retry_delay is not None:
+        return store.transitions.retry(task, rec, now, int(retry_delay * 1000), task.attempt + 1)
+    return store.transitions.dead(task, rec, now, error=error, reason=reason, frame_queues=None)
+
+
+def poison_call(
+    store: Store, stream: str, entry_id: bytes, fields: dict[bytes, bytes], reason: str
+) -> Transition:
+    partition, queue = store.stream_info(stream)
+    return store.transitions.poison(stream, partition, queue, entry_id, fields, reason, 1)
+
+
 def test_every_lua_file_is_registered() -> None:
     folder = resources.files("conveyor.storage").joinpath("scripts")
     files = {p.name.removesuffix(".lua") for p in folder.iterdir() if p.name.endswith(".lua")}
-    assert files == set(SCRIPTS)
+    assert files == set(SCRIPTS) | {"lib"}  # lib.lua is prepended to scripts, not called
     for name in files:  # each opens with its header: purpose, KEYS, ARGV, returns
-        text = folder.joinpath(f"{name}.lua").read_text()
-        assert text.startswith(f"-- {name}:") and "KEYS[" in text and "Returns" in text
+        text = folder.joinpath(f"{name}.lua").read_text().removeprefix("-- uses lib\n")
+        assert text.startswith(f"-- {name}:")
+        assert name == "lib" or ("KEYS[" in text and "Returns" in text)
 
 
 async def test_start_creates_state_and_first_task(store: Store, namespace: str) -> None:
@@ -115,7 +144,7 @@ async def test_start_refuses_past_backlog_and_writes_nothing(store: Store, names
 async def test_complete_enqueues_next_then_is_idempotent(store: Store, namespace: str) -> None:
     wf_id, _ = await store.start("w", "a", "default", 1, request_id="r")
     task = await read_one(store)
-    call = store.complete_call(task, record(task), next_step="b", next_queue="default",
+    call = complete_call(store, task, record(task), next_step="b", next_queue="default",
                                payload=b"2", state=b'{"n":1}', now=123)  # fmt: skip
     assert await store.commit([call]) == [ScriptCode.OK]
     keys = store.keys
@@ -146,7 +175,7 @@ async def test_complete_done_finishes_publishes_and_expires(
     task = await read_one(store)
     pubsub = redis.pubsub()
     await pubsub.subscribe(store.keys.finished_channel(task.partition))
-    call = store.complete_call(task, record(task), next_step=None, next_queue=None,
+    call = complete_call(store, task, record(task), next_step=None, next_queue=None,
                                payload=b'{"ok":true}', state=b"", now=5000)  # fmt: skip
     assert await store.commit([call]) == [ScriptCode.OK]
     status = await store.get(wf_id)
@@ -170,7 +199,7 @@ async def test_fail_retry_then_promote(store: Store, namespace: str) -> None:
     wf_id, _ = await store.start("w", "a", "default", {"x": 1}, request_id="r")
     task = await read_one(store)
     error = {"type": "E", "message": "m", "traceback": None, "step": "a"}
-    call = store.fail_call(task, record(task, "failed"), retry_delay=0.0, error=error,
+    call = fail_call(store, task, record(task, "failed"), retry_delay=0.0, error=error,
                            reason="step failed", now=1)  # fmt: skip
     assert await store.commit([call]) == [ScriptCode.OK]
     keys = store.keys
@@ -186,7 +215,7 @@ async def test_fail_retry_then_promote(store: Store, namespace: str) -> None:
     assert (retry.task, retry.attempt, retry.input, retry.request_id) == (1, 2, b'{"x":1}', "r")
     assert await store.redis.zcard(keys.delayed(task.partition, "default")) == 0
     assert await store.promote(["default"]) == (0, False)
-    await store.commit([store.fail_call(retry, record(retry, "failed"), retry_delay=60,
+    await store.commit([fail_call(store, retry, record(retry, "failed"), retry_delay=60,
                                         error=error, reason="r", now=1)])  # fmt: skip
     assert await store.promote(["default"]) == (0, True)  # not due yet, still waiting
 
@@ -195,7 +224,7 @@ async def test_fail_dead_letters_and_fails_workflow(store: Store, namespace: str
     wf_id, _ = await store.start("w", "a", "default", 7)
     task = await read_one(store)
     error = {"type": "ValueError", "message": "bad", "traceback": "tb", "step": "a"}
-    call = store.fail_call(task, record(task, "failed"), retry_delay=None, error=error,
+    call = fail_call(store, task, record(task, "failed"), retry_delay=None, error=error,
                            reason="step failed", now=1000)  # fmt: skip
     assert await store.commit([call]) == [ScriptCode.OK]
     status = await store.get(wf_id)
@@ -219,7 +248,7 @@ async def test_poison_entry_is_dead_lettered(store: Store, namespace: str) -> No
     stream = store.keys.stream(1, "default")
     await store.redis.xadd(stream, {"garbage": "1"})
     [(s, entry_id, fields)] = await store.read([stream], "c1", 10, None)
-    assert await store.commit([store.poison_call(s, entry_id, fields, "undecodable")]) == [0]
+    assert await store.commit([poison_call(store, s, entry_id, fields, "undecodable")]) == [0]
     [letter] = await store.dead_letters()
     assert (
         letter.reason == "undecodable" and letter.workflow_id is None and letter.queue == "default"
@@ -292,7 +321,7 @@ async def test_replay_codes_and_success(store: Store, namespace: str) -> None:
     wf_id, _ = await store.start("w", "a", "default", 7)
     task = await read_one(store)
     error = {"type": "E", "message": "m", "traceback": None, "step": "a"}
-    await store.commit([store.fail_call(task, record(task, "failed"), retry_delay=None,
+    await store.commit([fail_call(store, task, record(task, "failed"), retry_delay=None,
                                         error=error, reason="r", now=1)])  # fmt: skip
     [letter] = await store.dead_letters()
     assert await store.replay(letter.id) == wf_id
@@ -326,7 +355,7 @@ async def test_cancel_codes_and_drops_the_active_task(store: Store, namespace: s
     assert state[b"status"] == b"cancelled" and not [f for f in state if f.startswith(b"t:")]
     assert await store.redis.ttl(store.keys.workflow(wf_id)) > 0
     assert await store.cancel(wf_id) == "cancelled"  # FINISHED: nothing written
-    call = store.complete_call(task, record(task), next_step="b", next_queue="default",
+    call = complete_call(store, task, record(task), next_step="b", next_queue="default",
                                payload=b"1", state=b"", now=1)  # fmt: skip
     assert await store.commit([call]) == [ScriptCode.DUPLICATE]
     snap = await snapshot(store.redis, namespace)
@@ -339,7 +368,7 @@ async def test_scripts_reload_after_script_flush(store: Store) -> None:
     assert created
     task = await read_one(store)
     await store.redis.script_flush()
-    call = store.complete_call(task, record(task), next_step=None, next_queue=None,
+    call = complete_call(store, task, record(task), next_step=None, next_queue=None,
                                payload=b"1", state=b"", now=1)  # fmt: skip
     assert await store.commit([call]) == [ScriptCode.OK]
     assert (await store.get(wf_id)).status == "completed"
@@ -381,11 +410,11 @@ async def test_complete_batch_mixes_outcomes_and_partitions(store: Store, namesp
     tasks = [store.parse_entry(*e) for e in entries]
     assert len(tasks) == 12 and len({t.partition for t in tasks}) == 2
     calls = [
-        store.complete_call(t, record(t), next_step=None if i % 2 else "b", next_queue="default",
+        complete_call(store, t, record(t), next_step=None if i % 2 else "b", next_queue="default",
                             payload=b"1", state=b"", now=1)
         for i, t in enumerate(tasks)
     ]  # fmt: skip
-    fail = store.fail_call(tasks[0], record(tasks[0], "failed"), retry_delay=None,
+    fail = fail_call(store, tasks[0], record(tasks[0], "failed"), retry_delay=None,
                            error={"type": "E", "message": "m"}, reason="r", now=1)  # fmt: skip
     # the first task both fails and completes: whichever runs first wins, the other is a duplicate
     results = await store.commit([fail, *calls, calls[3]])

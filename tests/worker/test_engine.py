@@ -380,7 +380,7 @@ async def test_client_errors(make_app: MakeApp, client_for: ClientFor) -> None:
     with pytest.raises(WorkflowCancelledError):
         await client.result(wf_id, timeout=1)
     worker = await drain(app)
-    assert worker.stats.duplicates == 1  # the cancelled workflow's task was dropped
+    assert worker.stats.dropped == 1  # the cancelled workflow's task was dropped unrun
 
 
 async def test_result_waits_without_polling(make_app: MakeApp, client_for: ClientFor) -> None:

@@ -19,7 +19,10 @@ class Keys:
     # -- partitioning -----------------------------------------------------------------------
 
     def partition(self, workflow_id: str) -> int:
-        return zlib.crc32(workflow_id.encode()) % self.partitions
+        # a child workflow ('<parent>~<task>') lives in its root's partition, so a parent and
+        # its children move on together in one atomic script
+        root = workflow_id.partition("~")[0]
+        return zlib.crc32(root.encode()) % self.partitions
 
     def _p(self, partition: int) -> str:
         return f"{self.namespace}:{{p{partition}}}"
@@ -42,6 +45,11 @@ class Keys:
         """Pub/sub channel: the id of every workflow of the partition that finishes."""
         return f"{self._p(partition)}:finished"
 
+    def cancel_channel(self, partition: int) -> str:
+        """Pub/sub channel: the id of every workflow of the partition that is cancelled, so
+        workers can flag its running steps (``ctx.cancelled``)."""
+        return f"{self._p(partition)}:cancelled"
+
     # -- per workflow -----------------------------------------------------------------------
 
     def workflow(self, workflow_id: str, partition: int | None = None) -> str:
@@ -53,6 +61,11 @@ class Keys:
         """Step history list of one workflow (one JSON record per attempt)."""
         p = self.partition(workflow_id) if partition is None else partition
         return f"{self.namespace}:{{p{p}}}:wf:{workflow_id}:history"
+
+    def signals(self, workflow_id: str, signal: str, partition: int | None = None) -> str:
+        """List of payloads of ``signal`` sent before the workflow waited for it (FIFO)."""
+        p = self.partition(workflow_id) if partition is None else partition
+        return f"{self.namespace}:{{p{p}}}:wf:{workflow_id}:signal:{signal}"
 
     # -- global (not touched by transition scripts) ------------------------------------------
 
@@ -69,6 +82,10 @@ class Keys:
     def worker(self, name: str) -> str:
         """Liveness key of one worker process (expires unless refreshed)."""
         return f"{self.namespace}:worker:{name}"
+
+    def cache(self, digest: str) -> str:
+        """Memoised result of a step (``cache_ttl``), by digest of (workflow, step, input)."""
+        return f"{self.namespace}:cache:{digest}"
 
     @property
     def worker_pattern(self) -> str:

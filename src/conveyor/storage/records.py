@@ -123,6 +123,9 @@ class Task:
     input: bytes
     state: bytes | None
     request_id: str | None
+    frame: str = ""  # '' at the top level; '<group>|<index>|<step>|<join>' in a fan-out branch
+    parent: str = ""  # a child workflow's '<parent id>|<task>|<step>|<queue>|<frame>'
+    wait: str | None = None  # set on a wait's timer task: the signal it times out
     deliveries: int = 1
 
     @property

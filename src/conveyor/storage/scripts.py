@@ -1,7 +1,9 @@
 """Registry of the Lua transition scripts: name -> file -> number of keys.
 
 Scripts are read once per registry with importlib.resources, called with EVALSHA, and loaded
-again when Redis answers NOSCRIPT (after a restart or SCRIPT FLUSH).
+again when Redis answers NOSCRIPT (after a restart or SCRIPT FLUSH). A script whose first line
+is ``-- uses lib`` gets scripts/lib.lua (the shared helpers) prepended: Redis scripts cannot
+import each other, and one EVALSHA must stay one atomic transition.
 """
 
 from __future__ import annotations
@@ -13,19 +15,22 @@ from typing import Any
 
 from redis.exceptions import NoScriptError
 
-# name: number of KEYS (per item, for a batch script). The file is scripts/<name>.lua.
+# name: number of KEYS (0: any number, the script says how it splits them). The file is
+# scripts/<name>.lua.
 SCRIPTS: dict[str, int] = {
-    "start": 2,
-    "complete": 4,
-    "fail": 5,
+    "start": 3,
+    "commit": 0,
     "promote": 2,
     "heartbeat": 1,
     "replay": 4,
-    "cancel": 2,
+    "cancel": 5,
+    "signal": 3,
+    "claim": 1,
     "trim": 1,
+    "rate": 1,
+    "concurrency": 1,
 }
-# Batch scripts take any number of items, each with SCRIPTS[name] keys.
-BATCHED = frozenset({"complete"})
+LIB_MARKER = b"-- uses lib"
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,8 +47,11 @@ class ScriptRegistry:
     def __init__(self) -> None:
         folder = resources.files(__package__).joinpath("scripts")
         self.scripts: dict[str, Script] = {}
+        lib = folder.joinpath("lib.lua").read_bytes()
         for name, num_keys in SCRIPTS.items():
             source = folder.joinpath(f"{name}.lua").read_bytes()
+            if source.startswith(LIB_MARKER):
+                source = lib + b"\n" + source
             sha = hashlib.sha1(source).hexdigest()
             self.scripts[name] = Script(name, source, sha, num_keys)
 
@@ -53,10 +61,7 @@ class ScriptRegistry:
     def args(self, name: str, keys: list[str], argv: list[Any]) -> list[Any]:
         """EVALSHA arguments for a call of ``name``; checks the key count."""
         script = self.scripts[name]
-        if name in BATCHED:
-            if not keys or len(keys) % script.num_keys:
-                raise ValueError(f"script {name} takes {script.num_keys} keys per item")
-        elif len(keys) != script.num_keys:
+        if script.num_keys and len(keys) != script.num_keys:
             raise ValueError(f"script {name} takes {script.num_keys} keys, got {len(keys)}")
         return ["EVALSHA", script.sha, len(keys), *keys, *argv]
 

@@ -23,15 +23,19 @@ from ..errors import (
     DeadLetterNotFoundError,
     ReplayError,
     ScriptCode,
+    SignalError,
     WorkflowNotFoundError,
 )
 from ..settings import Settings
 from .keys import Keys
 from .records import DeadLetter, StepError, Task, WorkflowStatus, from_ms
 from .scripts import ScriptRegistry
+from .transitions import Transition, Transitions, parent_target
 
-#: Most completions sent in one call of the batch script (bounds how long one call runs).
-COMPLETE_BATCH = 64
+__all__ = ["COMMIT_BATCH", "StartRequest", "Store", "Transition", "now_ms"]
+
+#: Most transitions sent in one call of the commit script (bounds how long one call runs).
+COMMIT_BATCH = 64
 
 
 @dataclass(slots=True)
@@ -41,17 +45,6 @@ class StartRequest:
     workflow_id: str
     partition: int
     queue: str
-    keys: list[str]
-    argv: list[Any]
-
-
-@dataclass(slots=True)
-class Transition:
-    """One transition for Store.commit: a script, the partition (hash slot) it touches, and
-    its keys and arguments. Completions of one partition are sent as one batch call."""
-
-    script: str
-    partition: int
     keys: list[str]
     argv: list[Any]
 
@@ -89,6 +82,7 @@ class Store:
         self.settings = settings
         self.keys = Keys(settings.namespace, settings.partitions)
         self.scripts = ScriptRegistry()
+        self.transitions = Transitions(self.keys, settings)
         self._stream_index: dict[str, tuple[int, str]] = {}
         self._retention = int(settings.retention)
 
@@ -146,14 +140,26 @@ class Store:
         *,
         idempotency_key: str | None = None,
         request_id: str | None = None,
+        max_steps: int = 0,
+        delay: float | None = None,
+        on_cancel: tuple[str, str] | None = None,
     ) -> StartRequest:
-        """Prepare a start: choose the workflow id (deterministic with an idempotency key)."""
+        """Prepare a start: choose the workflow id (deterministic with an idempotency key).
+        ``delay`` seconds before the first step (a durable timer); ``max_steps`` bounds the
+        tasks it may create (0: unbounded); ``on_cancel`` is (step, queue) of its cancel
+        handler."""
         if idempotency_key is not None:
             workflow_id = idempotent_workflow_id(workflow, idempotency_key)
         else:
             workflow_id = new_workflow_id()
+        if delay is not None and delay < 0:
+            raise ValueError(f"delay must be >= 0 seconds, not {delay}")
         partition = self.keys.partition(workflow_id)
-        keys = [self.keys.workflow(workflow_id), self.keys.stream(partition, queue)]
+        keys = [
+            self.keys.workflow(workflow_id),
+            self.keys.stream(partition, queue),
+            self.keys.delayed(partition, queue),
+        ]
         argv = [
             workflow_id,
             workflow,
@@ -162,6 +168,9 @@ class Store:
             self.settings.backlog_per_partition,
             now_ms(),
             request_id or "",
+            max_steps,
+            int((delay or 0) * 1000),
+            "|".join(on_cancel) if on_cancel else "",
         ]
         return StartRequest(workflow_id, partition, queue, keys, argv)
 
@@ -220,6 +229,9 @@ class Store:
             input=fields.get(b"input") or b"null",
             state=fields.get(b"state"),
             request_id=_text(fields.get(b"request_id")),
+            frame=_text(fields.get(b"frame")) or "",
+            parent=_text(fields.get(b"parent")) or "",
+            wait=_text(fields.get(b"wait")),
         )
 
     async def read(
@@ -342,157 +354,27 @@ class Store:
             deleted += int(result)
         return deleted
 
-    # -- transitions built by the worker, committed in batches --------------------------------
-
-    def complete_call(
-        self,
-        task: Task,
-        record: bytes,
-        *,
-        next_step: str | None,
-        next_queue: str | None,
-        payload: bytes,
-        state: bytes,
-        now: int,
-    ) -> Transition:
-        """Complete ``task``: enqueue ``next_step`` with ``payload``, or finish with it."""
-        partition = task.partition
-        next_stream = self.keys.stream(partition, next_queue) if next_queue else task.stream
-        keys = [
-            task.stream,
-            self.keys.workflow(task.workflow_id, partition),
-            self.keys.history(task.workflow_id, partition),
-            next_stream,
-        ]
-        argv = [
-            task.entry_id,
-            task.task,
-            record,
-            "next" if next_step else "done",
-            next_step or "",
-            payload,
-            state,
-            now,
-            self.keys.finished_channel(partition),
-            task.workflow_id,
-            task.workflow,
-            task.request_id or "",
-        ]
-        return Transition("complete", partition, keys, argv)
-
-    def fail_call(
-        self,
-        task: Task,
-        record: bytes,
-        *,
-        retry_delay: float | None,
-        error: dict[str, Any],
-        reason: str,
-        now: int,
-    ) -> Transition:
-        """Fail an attempt of ``task``: retry after ``retry_delay`` seconds, or (None)
-        dead-letter it and fail the workflow with ``error``."""
-        partition = task.partition
-        keys = [
-            task.stream,
-            self.keys.workflow(task.workflow_id, partition),
-            self.keys.history(task.workflow_id, partition),
-            self.keys.delayed(partition, task.queue),
-            self.keys.dead(partition),
-        ]
-        retry_member = b""
-        dead_fields: list[Any] = []
-        if retry_delay is not None:
-            member: dict[str, Any] = {
-                "workflow_id": task.workflow_id,
-                "workflow": task.workflow,
-                "step": task.step,
-                "task": str(task.task),
-                "attempt": str(task.attempt + 1),
-                "input": task.input.decode(),
-                # a unique member even when two retries of one task are due at once
-                "nonce": uuid.uuid4().hex[:8],
-            }
-            if task.state:
-                member["state"] = task.state.decode()
-            if task.request_id:
-                member["request_id"] = task.request_id
-            retry_member = codec.dumps(member)
-        else:
-            dead_fields = self._dead_fields(task, reason, error, now)
-        argv = [
-            self.settings.group,
-            task.entry_id,
-            task.task,
-            record,
-            "retry" if retry_delay is not None else "dead",
-            int((retry_delay or 0) * 1000),
-            retry_member,
-            codec.dumps(error),
-            now,
-            self._retention,
-            self.keys.finished_channel(partition),
-            task.workflow_id,
-            *dead_fields,
-        ]
-        return Transition("fail", partition, keys, argv)
-
-    def _dead_fields(self, task: Task, reason: str, error: dict[str, Any], now: int) -> list[Any]:
-        fields: list[Any] = [
-            "workflow_id", task.workflow_id,
-            "workflow", task.workflow,
-            "step", task.step,
-            "task", task.task,
-            "attempt", task.attempt,
-            "queue", task.queue,
-            "input", task.input,
-            "reason", reason,
-            "error", codec.dumps(error),
-            "failed_at", now,
-        ]  # fmt: skip
-        if task.state:
-            fields += ["state", task.state]
-        if task.request_id:
-            fields += ["request_id", task.request_id]
-        return fields
-
-    def poison_call(
-        self, stream: str, entry_id: bytes, fields: dict[bytes, bytes], reason: str
-    ) -> Transition:
-        """Dead-letter an entry that cannot even be decoded (it names no valid task)."""
-        partition, queue = self.stream_info(stream)
-        raw = {k.decode(errors="replace"): v for k, v in fields.items()}
-        dead: list[Any] = ["queue", queue, "reason", reason, "failed_at", now_ms()]
-        dead += ["raw", codec.dumps({k: v.decode(errors="replace") for k, v in raw.items()})]
-        dead_stream = self.keys.dead(partition)
-        # a poison entry touches only its stream and the dead letters: the unused workflow
-        # key slots repeat the dead-letter stream, which shares the partition's hash slot
-        keys = [stream, dead_stream, dead_stream, self.keys.delayed(partition, queue), dead_stream]
-        argv = [self.settings.group, entry_id, "", b"", "dead", 0, b"", b"", 0, 0, "", "", *dead]
-        return Transition("fail", partition, keys, argv)
-
     async def commit(self, transitions: list[Transition]) -> list[int | Exception]:
-        """Run transitions in one pipeline: completions batched per partition (one script
-        call for up to COMPLETE_BATCH of them), failures one call each. Each result is a
-        ScriptCode value, or the error of its call (a script error). A connection error
-        raises: it is then unknown which ran, and since every transition is idempotent the
-        caller simply commits the same transitions again."""
+        """Run transitions in one pipeline, batched per partition (one script call for up to
+        COMMIT_BATCH of them). Each result is a ScriptCode value, or the error of its call (a
+        script error). A connection error raises: it is then unknown which ran, and since
+        every transition is idempotent the caller simply commits the same transitions again."""
         calls: list[list[Any]] = []
         owners: list[list[int]] = []  # for each call, the transitions it carries
         batches: dict[int, list[int]] = {}
         for i, t in enumerate(transitions):
-            if t.script == "complete":
-                batches.setdefault(t.partition, []).append(i)
-            else:
-                calls.append(self.scripts.args(t.script, t.keys, t.argv))
-                owners.append([i])
+            batches.setdefault(t.partition, []).append(i)
         head = [self.settings.group, self._retention]
         for members in batches.values():
-            for start in range(0, len(members), COMPLETE_BATCH):
-                chunk = members[start : start + COMPLETE_BATCH]
-                keys = [k for i in chunk for k in transitions[i].keys]
-                argv = head + [a for i in chunk for a in transitions[i].argv]
-                calls.append(self.scripts.args("complete", keys, argv))
+            for start in range(0, len(members), COMMIT_BATCH):
+                chunk = members[start : start + COMMIT_BATCH]
+                keys: list[str] = []
+                argv: list[Any] = list(head)
+                for i in chunk:
+                    t = transitions[i]
+                    keys += t.keys
+                    argv += [len(t.keys), len(t.argv), *t.argv]
+                calls.append(self.scripts.args("commit", keys, argv))
                 owners.append(chunk)
         results: list[int | Exception] = [0] * len(transitions)
         for members, reply in zip(
@@ -501,11 +383,9 @@ class Store:
             if isinstance(reply, Exception):
                 for i in members:
                     results[i] = reply
-            elif isinstance(reply, list):
+            else:
                 for i, code in zip(members, reply, strict=True):
                     results[i] = int(code)
-            else:
-                results[members[0]] = int(reply)
         return results
 
     # -- reading workflows ------------------------------------------------------------------
@@ -523,15 +403,85 @@ class Store:
         raw = await self.redis.hget(self.keys.workflow(workflow_id), "status")
         return _text(raw)
 
-    async def cancel(self, workflow_id: str) -> str:
-        """Cancel a running workflow; returns the status it ends in."""
-        keys = [self.keys.workflow(workflow_id), self.keys.history(workflow_id)]
+    async def cancel(self, workflow_id: str, reason: str = "cancelled") -> str:
+        """Cancel a workflow and, in turn, its running child workflows; returns the status it
+        ends in ('cancelled', or the status it had already finished with)."""
         partition = self.keys.partition(workflow_id)
-        argv = [now_ms(), self._retention, self.keys.finished_channel(partition), workflow_id]
-        code, status = await self.scripts.call(self.redis, "cancel", keys, argv)
+        key = self.keys.workflow(workflow_id, partition)
+        parent, on_cancel = await self.redis.hmget(key, "parent", "on_cancel")
+        cancel_stream = parent_key = parent_stream = key
+        if on_cancel:
+            cancel_stream = self.keys.stream(partition, on_cancel.decode().split("|")[1])
+        if parent:
+            parent_id, parent_queue = parent_target(parent.decode())
+            parent_key = self.keys.workflow(parent_id, partition)
+            parent_stream = self.keys.stream(partition, parent_queue)
+        keys = [
+            key,
+            self.keys.history(workflow_id, partition),
+            cancel_stream,
+            parent_key,
+            parent_stream,
+        ]
+        argv = [
+            now_ms(),
+            self._retention,
+            self.keys.finished_channel(partition),
+            workflow_id,
+            self.keys.cancel_channel(partition),
+            reason,
+        ]
+        code, status, *children = await self.scripts.call(self.redis, "cancel", keys, argv)
         if code == ScriptCode.NOT_FOUND:
             raise WorkflowNotFoundError(f"no workflow with id {workflow_id!r}")
+        for child in children:
+            await self.cancel(child.decode(), f"parent {workflow_id} cancelled")
         return str(status.decode() if isinstance(status, bytes) else status)
+
+    async def signal(self, workflow_id: str, name: str, payload: Any = None) -> str:
+        """Send signal ``name`` to a workflow: resume its wait, or buffer the payload for a
+        later wait. Returns 'delivered' or 'buffered'."""
+        partition = self.keys.partition(workflow_id)
+        key = self.keys.workflow(workflow_id, partition)
+        buffer = self.keys.signals(workflow_id, name, partition)
+        body = codec.dumps(payload)
+        for _ in range(10):  # re-read when the wait changed between the read and the script
+            record = await self.redis.hget(key, f"w:{name}")
+            stream = key
+            if record:
+                stream = self.keys.stream(partition, codec.loads(record)["queue"])
+            argv = [name, body, now_ms(), record or "", self._retention, workflow_id]
+            code, detail = await self.scripts.call(
+                self.redis, "signal", [key, buffer, stream], argv
+            )
+            detail = detail.decode() if isinstance(detail, bytes) else str(detail)
+            if code == ScriptCode.NOT_FOUND:
+                raise WorkflowNotFoundError(f"no workflow with id {workflow_id!r}")
+            if code == ScriptCode.FINISHED:
+                raise SignalError(
+                    f"workflow {workflow_id} has already finished ({detail}); signal "
+                    f"{name!r} not delivered"
+                )
+            if code == ScriptCode.OK:
+                return detail
+        raise SignalError(f"signal {name!r} to {workflow_id}: the wait kept changing; retry")
+
+    async def claim_timers(self, tasks: list[Task]) -> list[bool]:
+        """For wait timers that fired: whether each still resolves its wait (see claim.lua)."""
+        calls = [
+            self.scripts.args(
+                "claim",
+                [self.keys.workflow(t.workflow_id, t.partition)],
+                [t.wait or "", t.task],
+            )
+            for t in tasks
+        ]
+        out = []
+        for result in await self.scripts.call_many(self.redis, calls):
+            if isinstance(result, Exception):
+                raise result
+            out.append(bool(result))
+        return out
 
     # -- dead letters -----------------------------------------------------------------------
 

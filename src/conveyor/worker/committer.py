@@ -32,6 +32,9 @@ class Stats:
     poison: int = 0
     errors: int = 0
     batches: int = 0
+    limited: int = 0  # held back by a rate or concurrency limit (not attempts)
+    dropped: int = 0  # delivered but no longer active (cancelled workflows, stale timers)
+    cached: int = 0  # completed from the step-result cache
 
 
 class Committer:
@@ -132,9 +135,17 @@ class Committer:
             self.stats.duplicates += 1
         elif kind == "completed":
             self.stats.completed += 1
-        elif kind == "retried":
-            self.stats.retried += 1
+        elif kind == "cached":
+            self.stats.completed += 1
+            self.stats.cached += 1
+        elif kind in ("retried", "limited"):
+            if kind == "retried":
+                self.stats.retried += 1
+            else:
+                self.stats.limited += 1
             self.on_retry()
+        elif kind == "dropped":
+            self.stats.dropped += 1
         elif kind == "poison":
             self.stats.poison += 1
         else:

@@ -1,13 +1,16 @@
-"""Runs one task's step and turns what happened into the transition to commit.
+"""Runs a task's step (or a batch of tasks of a batched step) and turns what happened into
+the transition to commit.
 
-The runner never talks to Redis: it returns a store call (complete or fail) that the
-committer sends in a batch with others.
+The runner never talks to Redis: it returns a transition that the committer sends in a batch
+with others, plus the side calls (cache, rate-limit charges) the worker makes after it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import threading
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
@@ -15,12 +18,17 @@ from contextvars import copy_context
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from .. import codec
 from ..app import App
-from ..errors import DefinitionError, NonRetryableError, Retry, StepInputError
+from ..errors import DefinitionError, NonRetryableError, RateLimited, Retry, StepInputError
 from ..storage.records import Task
 from ..storage.store import Store, Transition, now_ms
 from ..workflow import Done, Goto, Step, StepContext, compute_backoff
+from ..workflow.context import BatchContext
+from ..workflow.outcomes import FanOut, Sleep, StartChild, Wait
+from .advance import Advancer, ResultEncodingError, UnknownStepError, cacheable, encode, from_cache
 
 log = logging.getLogger("conveyor.worker")
 
@@ -29,12 +37,8 @@ class StepTimeoutError(Exception):
     """The step ran past its ``timeout``."""
 
 
-class UnknownStepError(Exception):
-    """The task names a workflow or step this worker's app does not define."""
-
-
-class ResultEncodingError(Exception):
-    """The step returned something that cannot be encoded as JSON."""
+class BatchResultError(Exception):
+    """A batched step returned something other than one result per input."""
 
 
 # Errors that retrying cannot fix: the step fails at once.
@@ -44,59 +48,106 @@ NOT_RETRYABLE = (
     DefinitionError,
     UnknownStepError,
     ResultEncodingError,
+    BatchResultError,
 )
 
 
 @dataclass(slots=True)
 class Outcome:
-    """The transition to commit for a task, and what kind it is (for stats and logs)."""
+    """The transition to commit for a task, what kind it is (for stats and logs), and the
+    side calls the worker makes once it is committed."""
 
     call: Transition
-    kind: str  # completed | retried | dead
+    kind: str  # completed | retried | dead | limited | dropped
+    cache: tuple[str, bytes, float] | None = None  # (key, entry, ttl) to store
+    charged: float | None = None  # units the step reported with ctx.charge()
+    push_back: float | None = None  # seconds the step's shared rate limit is pushed back
 
 
 class StepRunner:
     def __init__(self, app: App, store: Store, worker_name: str, threads: int) -> None:
         self.app = app
         self.store = store
+        self.t = store.transitions
+        self.advance = Advancer(app, store.transitions)
         self.worker_name = worker_name
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="conveyor-step")
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
-    async def run(self, task: Task) -> Outcome:
-        started = now_ms()
-        attempt = task.attempt
+    def context(self, task: Task, step: Step, cancel: threading.Event | None = None) -> StepContext:
+        return StepContext(
+            workflow_id=task.workflow_id,
+            workflow=task.workflow,
+            step=task.step,
+            task=task.task,
+            attempt=task.attempt,
+            state=codec.loads(task.state) or {},
+            deadline=time.time() + step.timeout if step.timeout else None,
+            worker=self.worker_name,
+            request_id=task.request_id,
+            cancel_event=cancel,
+        )
+
+    def step_of(self, task: Task) -> Step:
         step = self.app.step(task.workflow, task.step)
+        if step is None:
+            raise UnknownStepError(f"this worker's app defines no step {task.workflow}.{task.step}")
+        return step
+
+    async def run(self, task: Task, cancel: threading.Event | None = None) -> Outcome:
+        started = now_ms()
+        step: Step | None = None
         try:
-            if step is None:
-                raise UnknownStepError(
-                    f"this worker's app defines no step {task.workflow}.{task.step}"
-                )
-            state = codec.loads(task.state) or {}
-            ctx = StepContext(
-                workflow_id=task.workflow_id,
-                workflow=task.workflow,
-                step=task.step,
-                task=task.task,
-                attempt=attempt,
-                state=state,
-                deadline=time.time() + step.timeout if step.timeout else None,
-                worker=self.worker_name,
-                request_id=task.request_id,
-            )
-            value = await self._call(step, ctx, task.input)
-            return self._success(task, step, ctx, value, started, attempt)
+            step = self.step_of(task)
+            ctx = self.context(task, step, cancel)
+            args: tuple[Any, ...] = (ctx,)
+            if step.takes_input:
+                args = (ctx, step.convert_input(codec.loads(task.input)))
+            value = await self._call(step, args)
+            return self.success(task, step, ctx, value, started)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            return self._failure(task, step, exc, started, attempt)
+            return self.failure(task, step, exc, started)
 
-    async def _call(self, step: Step, ctx: StepContext, raw_input: bytes) -> Any:
-        args: tuple[Any, ...] = (ctx,)
-        if step.takes_input:
-            args = (ctx, step.convert_input(codec.loads(raw_input)))
+    async def run_batch(
+        self, step: Step, tasks: list[Task], cancels: list[threading.Event | None]
+    ) -> list[Outcome]:
+        """Run a batched step once for ``tasks`` (one input each); one outcome per task."""
+        started = now_ms()
+        contexts = [self.context(t, step, c) for t, c in zip(tasks, cancels, strict=True)]
+        try:
+            inputs = [step.convert_input(codec.loads(t.input)) for t in tasks]
+            batch = BatchContext(
+                contexts, step.name, step.workflow_name, self.worker_name,
+                contexts[0].deadline,
+            )  # fmt: skip
+            values = await self._call(step, (batch, inputs))
+            if not isinstance(values, list | tuple) or len(values) != len(tasks):
+                got = (
+                    f"{len(values)} results"
+                    if isinstance(values, list | tuple)
+                    else (type(values).__name__)
+                )
+                raise BatchResultError(
+                    f"batched step {step.qualified_name} must return a list of "
+                    f"{len(tasks)} results (one per input), not {got}"
+                )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return [self.failure(t, step, exc, started) for t in tasks]
+        out = []
+        for task, ctx, value in zip(tasks, contexts, values, strict=True):
+            try:
+                out.append(self.success(task, step, ctx, value, started))
+            except Exception as exc:
+                out.append(self.failure(task, step, exc, started))
+        return out
+
+    async def _call(self, step: Step, args: tuple[Any, ...]) -> Any:
         if step.is_async:
             coro = step.fn(*args)
         else:
@@ -114,77 +165,84 @@ class StepRunner:
 
     # -- success ----------------------------------------------------------------------------
 
-    def _success(
-        self, task: Task, step: Step, ctx: StepContext, value: Any, started: int, attempt: int
+    def success(
+        self,
+        task: Task,
+        step: Step,
+        ctx: StepContext,
+        value: Any,
+        started: int,
+        *,
+        cached: bool = False,
     ) -> Outcome:
-        next_step: Step | None
-        if isinstance(value, Goto):
-            next_step = self._goto_target(step, value)
-            value = value.input
-        elif isinstance(value, Done):
-            next_step, value = None, value.value
-        else:
-            wf = self.app.workflows[task.workflow]
-            next_step = wf.steps[step.then] if step.then else None
-        try:
-            payload = codec.dumps(value)
-            # b"" = nothing to store; "{}" when the step emptied a state it was given
-            state = codec.dumps(ctx.state) if ctx.state or task.state else b""
-        except TypeError as exc:
-            raise ResultEncodingError(
-                f"step {step.qualified_name} returned a value that is not JSON: {exc}"
-            ) from exc
+        """The transition for a step that returned ``value`` (raises if it cannot be built)."""
+        # b"" = nothing to store; "{}" when the step emptied a state it was given
+        state = codec.dumps(ctx.state) if ctx.state or task.state else b""
+        shown = value.value if isinstance(value, Done) else value
+        shown = shown.input if isinstance(shown, Goto) else shown
+        result = encode(step, shown) if not isinstance(shown, ACTIONS) else b"null"
         now = now_ms()
-        record = self._record(task, attempt, "completed", started, now, result=payload)
-        call = self.store.complete_call(
-            task,
-            record,
-            next_step=next_step.name if next_step else None,
-            next_queue=next_step.queue if next_step else None,
-            payload=payload,
-            state=state,
-            now=now,
-        )
-        return Outcome(call, "completed")
+        record = self._record(task, "completed", started, now, result=result, cached=cached)
+        call = self.advance.success(task, step, value, record, state, now)
+        cache = None
+        if step.cache_ttl and not cached:
+            entry = cacheable(value)
+            if entry is not None:
+                key = self.store.keys.cache(cache_digest(task))
+                cache = (key, encode(step, entry), step.cache_ttl)
+        return Outcome(call, "completed", cache=cache, charged=ctx.charged)
 
-    def _goto_target(self, step: Step, target: Goto) -> Step:
-        wf = self.app.workflows[step.workflow_name]
-        if target.workflow is not None and target.workflow != wf.name:
-            raise DefinitionError(
-                f"step {step.qualified_name}: goto({target.workflow}.{target.step}) targets a "
-                f"step of another workflow"
-            )
-        next_step = wf.get(target.step)
-        if next_step is None:
-            raise DefinitionError(
-                f"step {step.qualified_name}: goto({target.step!r}) names no step of "
-                f"workflow {wf.name!r}"
-            )
-        return next_step
+    def from_cache(self, task: Task, raw: bytes) -> Outcome:
+        """Complete ``task`` with a memoised result instead of running it."""
+        now = now_ms()
+        try:
+            step = self.step_of(task)
+            ctx = self.context(task, step)
+            outcome = self.success(task, step, ctx, from_cache(codec.loads(raw)), now, cached=True)
+            outcome.kind = "cached"
+            return outcome
+        except Exception as exc:
+            return self.failure(task, self.app.step(task.workflow, task.step), exc, now)
 
     # -- failure ----------------------------------------------------------------------------
 
-    def _failure(
-        self, task: Task, step: Step | None, exc: BaseException, started: int, attempt: int
-    ) -> Outcome:
-        error = {
+    def failure(self, task: Task, step: Step | None, exc: BaseException, started: int) -> Outcome:
+        now = now_ms()
+        if isinstance(exc, RateLimited):
+            record = self._record(task, "limited", started, now, error=self._error(task, exc))
+            call = self.t.retry(task, record, now, int(exc.retry_after * 1000), task.attempt)
+            return Outcome(call, "limited", push_back=exc.retry_after)
+        error = self._error(task, exc)
+        attempt = task.attempt
+        delay = self._retry_delay(step, exc, attempt)
+        record = self._record(task, "failed", started, now, error=error)
+        if delay is not None:
+            call = self.t.retry(task, record, now, int(delay * 1000), attempt + 1)
+            return Outcome(call, "retried")
+        log.warning(
+            "step %s.%s of workflow %s failed for good (attempt %d): %s: %s",
+            task.workflow, task.step, task.workflow_id, attempt, error["type"], exc,
+        )  # fmt: skip
+        call = self.t.dead(
+            task, record, now, error=error, reason="step failed",
+            frame_queues=self._frame_queues(task),
+        )  # fmt: skip
+        return Outcome(call, "dead")
+
+    def _frame_queues(self, task: Task) -> tuple[str, str] | None:
+        try:
+            return self.advance.frame_queues(task)
+        except UnknownStepError:
+            return None
+
+    @staticmethod
+    def _error(task: Task, exc: BaseException) -> dict[str, Any]:
+        return {
             "type": type(exc).__name__,
             "message": str(exc),
             "traceback": "".join(traceback.format_exception(exc)),
             "step": task.step,
         }
-        now = now_ms()
-        delay = self._retry_delay(step, exc, attempt)
-        record = self._record(task, attempt, "failed", started, now, error=error)
-        if delay is None:
-            log.warning(
-                "step %s.%s of workflow %s failed for good (attempt %d): %s: %s",
-                task.workflow, task.step, task.workflow_id, attempt, error["type"], exc,
-            )  # fmt: skip
-        call = self.store.fail_call(
-            task, record, retry_delay=delay, error=error, reason="step failed", now=now
-        )
-        return Outcome(call, "dead" if delay is None else "retried")
 
     @staticmethod
     def _retry_delay(step: Step | None, exc: BaseException, attempt: int) -> float | None:
@@ -200,24 +258,26 @@ class StepRunner:
     def _record(
         self,
         task: Task,
-        attempt: int,
         status: str,
         started: int,
         finished: int,
         *,
         result: bytes | None = None,
         error: dict[str, Any] | None = None,
+        cached: bool = False,
     ) -> bytes:
-        record = {
+        record: dict[str, Any] = {
             "step": task.step,
             "task": task.task,
-            "attempt": attempt,
+            "attempt": task.attempt,
             "status": status,
             "started_at": started,
             "finished_at": finished,
             "worker": self.worker_name,
             "error": error,
         }
+        if cached:
+            record["cached"] = True
         encoded = codec.dumps(record)
         if result is None:
             return encoded
@@ -228,7 +288,23 @@ class StepRunner:
         """Dead-letter a task without running it (delivered too many times)."""
         now = now_ms()
         error = {"type": error_type, "message": reason, "traceback": None, "step": task.step}
-        record = self._record(task, task.attempt, "failed", now, now, error=error)
-        return self.store.fail_call(
-            task, record, retry_delay=None, error=error, reason=reason, now=now
+        record = self._record(task, "failed", now, now, error=error)
+        return self.t.dead(
+            task, record, now, error=error, reason=reason, frame_queues=self._frame_queues(task)
         )
+
+    def limited(self, task: Task, delay: float) -> Transition:
+        """Put a task held back by a rate or concurrency limit back, as the same attempt."""
+        delay_ms = max(1, int(delay * 1000))
+        return self.t.retry(task, b"", now_ms(), delay_ms, task.attempt)
+
+
+ACTIONS = (FanOut, Wait, Sleep, StartChild)
+
+
+def cache_digest(task: Task) -> str:
+    """Digest of (workflow, step, input), with the input's keys sorted so equal inputs share
+    an entry whatever order their keys came in."""
+    canonical = orjson.dumps(codec.loads(task.input), option=orjson.OPT_SORT_KEYS)
+    raw = b"\0".join((task.workflow.encode(), task.step.encode(), canonical))
+    return hashlib.sha256(raw).hexdigest()

@@ -14,9 +14,14 @@ from redis.asyncio import Redis
 
 from ..app import App
 from ..errors import ConfigurationError
+from ..limits import Limiter
 from ..storage.connection import UNAVAILABLE, connect
 from ..storage.records import Task
-from ..storage.store import Store
+from ..storage.store import Store, now_ms
+from ..workflow import Step
+from .admission import Admission
+from .batcher import Batcher
+from .cancels import CancelWatch
 from .committer import Committer, Stats
 from .inflight import Capacity, InFlight
 from .lease import LeaseKeeper
@@ -24,7 +29,7 @@ from .promoter import Promoter
 from .reader import RawEntry, Reader
 from .reclaimer import Reclaimer
 from .resilience import Backoff, every
-from .runner import StepRunner
+from .runner import Outcome, StepRunner
 
 log = logging.getLogger("conveyor.worker")
 
@@ -100,6 +105,16 @@ class Worker:
         )
         self.promoter = Promoter(self.store, self.queues, promote_interval)
         self.lease = LeaseKeeper(self.store, self.name, self.inflight, self.queues)
+        self.limiter = Limiter(self.redis, self.settings.namespace, self.store.scripts)
+        self.admission = Admission(
+            self.store, self.runner, self.limiter, lease=self.settings.visibility_timeout
+        )
+        partitions = range(self.settings.partitions)
+        self.cancels = CancelWatch(
+            self.redis, [self.store.keys.cancel_channel(p) for p in partitions]
+        )
+        self.batchers: dict[tuple[str, str], Batcher] = {}
+        self._to_admit: list[Task] = []
         self.drain_timeout = drain_timeout
         self.promote_interval = promote_interval
         self.trim_interval = trim_interval
@@ -134,6 +149,8 @@ class Worker:
                     "start": wf.start_step.name,
                     "queue": wf.start_step.queue,
                     "steps": {s.name: s.queue for s in wf.steps.values()},
+                    "max_steps": wf.max_steps,
+                    "on_cancel": [c.name, c.queue] if (c := wf.on_cancel_step) else None,
                 }
                 for name, wf in self.app.workflows.items()
             }
@@ -157,9 +174,15 @@ class Worker:
         )  # fmt: skip
         stop = self.stopping
         vt = self.settings.visibility_timeout
+        self._reader_task = asyncio.create_task(self.reader.run(stop), name="conveyor-reader")
+        self._committer_task = asyncio.create_task(self.committer.run(), name="conveyor-committer")
+        # leases and cancellation flags serve running steps until the very end: a draining
+        # step must neither be taken over nor miss its cancellation
+        self._lease_task = asyncio.create_task(
+            every(max(0.5, vt / 3), "renewing leases", self._renew, self.closed)
+        )
+        self._cancel_task = asyncio.create_task(self.cancels.run(self.closed))
         self._loops = [
-            asyncio.create_task(self.reader.run(stop), name="conveyor-reader"),
-            asyncio.create_task(self.committer.run(), name="conveyor-committer"),
             asyncio.create_task(self.promoter.run(stop), name="conveyor-promoter"),
             asyncio.create_task(
                 every(
@@ -167,10 +190,6 @@ class Worker:
                 )
             ),
             asyncio.create_task(every(self.trim_interval, "trimming streams", self._trim, stop)),
-            # leases are renewed until the very end: a draining step must not be taken over
-            asyncio.create_task(
-                every(max(0.5, vt / 3), "renewing leases", self.lease.renew, self.closed)
-            ),
         ]
 
     def request_stop(self) -> None:
@@ -210,40 +229,52 @@ class Worker:
             return
         self._stopped = True
         self.stopping.set()
-        loops: list[asyncio.Task[Any] | None] = [*self._loops] or [None, None]
-        reader, committer, *periodic = loops
-        lease = periodic.pop() if periodic else None
-        for task in [t for t in (reader, *periodic) if t is not None]:
+        started = self._started
+        for task in [self._reader_task, *self._loops] if started else []:
             try:
                 await asyncio.wait_for(task, timeout=self.reader.block_ms / 1000 + 2)
             except (TimeoutError, asyncio.CancelledError):
                 pass
             except Exception:
                 log.exception("worker loop ended with an error")
-        if self._running:
-            log.info(
-                "draining %d running steps (up to %.0fs)", len(self._running), self.drain_timeout
-            )
-            _done, still = await asyncio.wait(self._running, timeout=self.drain_timeout)
-            for t in still:
-                t.cancel()
-            if still:
-                await asyncio.wait(still, timeout=1.0)
-        if committer is not None:
+        await self._drain()
+        if started:
             try:
                 await asyncio.wait_for(self.committer.drain(), timeout=self.drain_timeout)
             except TimeoutError:
                 log.warning("could not commit %d results: Redis unavailable", len(self.committer))
-            committer.cancel()
+            self._committer_task.cancel()
         # stop renewing before handing back: a renewal after it would undo the hand-back
         self.closed.set()
-        if lease is not None:
-            await asyncio.wait([lease], timeout=2)
+        if started:
+            await asyncio.wait([self._lease_task, self._cancel_task], timeout=2)
         await self._hand_back()
         self.runner.close()
         if self._owns_redis:
             await self.redis.aclose()
         log.info("worker %s stopped", self.name)
+
+    async def _drain(self) -> None:
+        """Let running steps finish within ``drain_timeout`` (admissions still under way may
+        start more: wait for those too), then cancel what is left."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.drain_timeout
+        if self._running:
+            log.info(
+                "draining %d running steps (up to %.0fs)", len(self._running), self.drain_timeout
+            )
+        while True:
+            for batcher in self.batchers.values():
+                batcher.flush()  # do not leave collected tasks waiting for their timer
+            left = deadline - loop.time()
+            if not self._running or left <= 0:
+                break
+            await asyncio.wait(list(self._running), timeout=left)
+        still = list(self._running)
+        for t in still:
+            t.cancel()
+        if still:
+            await asyncio.wait(still, timeout=1.0)
 
     async def _hand_back(self) -> None:
         leftovers = self.inflight.by_stream()
@@ -261,6 +292,10 @@ class Worker:
     async def _trim(self) -> int:
         return await self.store.trim(self.queues)
 
+    async def _renew(self) -> None:
+        await self.lease.renew()
+        await self.admission.renew()
+
     # -- dispatch ---------------------------------------------------------------------------
 
     def _dispatch(self, entry: RawEntry, deliveries: int) -> None:
@@ -270,9 +305,11 @@ class Worker:
         except (KeyError, ValueError, UnicodeDecodeError) as exc:
             reason = f"undecodable task entry ({type(exc).__name__}: {exc})"
             log.error("dead-lettering entry %s of %s: %s", entry_id, stream, reason)
-            self.committer.submit(
-                self.store.poison_call(stream, entry_id, fields, reason), None, "poison"
+            partition, queue = self.store.stream_info(stream)
+            call = self.store.transitions.poison(
+                stream, partition, queue, entry_id, fields, reason, now_ms()
             )
+            self.committer.submit(call, None, "poison")
             return
         if task.ref in self.inflight.tasks:
             return  # our own entry, reclaimed after a missed lease renewal: already running
@@ -288,16 +325,72 @@ class Worker:
             self.committer.submit(call, task, "dead")
             return
         self.capacity.take()
-        running = asyncio.create_task(self._execute(task))
+        # admit the tasks of one read together (one round trip), once the read is dispatched
+        if not self._to_admit:
+            asyncio.get_running_loop().call_soon(self._admit_soon)
+        self._to_admit.append(task)
+
+    def _spawn(self, coro: Any) -> None:
+        running = asyncio.create_task(coro)
         self._running.add(running)
         running.add_done_callback(self._running.discard)
 
-    async def _execute(self, task: Task) -> None:
+    def _admit_soon(self) -> None:
+        tasks, self._to_admit = self._to_admit, []
+        if tasks:
+            self._spawn(self._admit(tasks))
+
+    async def _admit(self, tasks: list[Task]) -> None:
         try:
-            outcome = await self.runner.run(task)
+            admitted = await self.admission.admit(tasks)
+        except Exception as exc:
+            # leave them pending without a lease: they are redelivered after the visibility
+            # timeout (to this worker or another), as after a crash; nothing is lost
+            log.warning("admitting %d tasks failed (%s); they will be redelivered", len(tasks), exc)
+            for task in tasks:
+                self.inflight.discard(task)
+                self.capacity.release()
+            return
+        for task, outcome in admitted.settled:
+            self.capacity.release()
+            self._settle(task, outcome)
+        for task in admitted.run:
+            step = self.app.step(task.workflow, task.step)
+            if step is not None and step.batch_size:
+                key = (step.workflow_name, step.name)
+                if key not in self.batchers:
+                    self.batchers[key] = Batcher(step, self._launch_batch)
+                self.batchers[key].add(task)
+            else:
+                self._spawn(self._execute(task))
+
+    def _settle(self, task: Task, outcome: Outcome) -> None:
+        self.committer.submit(outcome.call, task, outcome.kind)
+        if self.admission.needs_after(task, outcome):
+            self._spawn(self.admission.after(task, outcome))
+
+    async def _execute(self, task: Task) -> None:
+        cancel = self.cancels.acquire(task.workflow_id)
+        try:
+            outcome = await self.runner.run(task, cancel)
         finally:
             self.capacity.release()
-        self.committer.submit(outcome.call, task, outcome.kind)
+            self.cancels.release(task.workflow_id)
+        self._settle(task, outcome)
+
+    def _launch_batch(self, step: Step, tasks: list[Task]) -> None:
+        self._spawn(self._execute_batch(step, tasks))
+
+    async def _execute_batch(self, step: Step, tasks: list[Task]) -> None:
+        cancels = [self.cancels.acquire(t.workflow_id) for t in tasks]
+        try:
+            outcomes = await self.runner.run_batch(step, tasks, list(cancels))
+        finally:
+            for task in tasks:
+                self.capacity.release()
+                self.cancels.release(task.workflow_id)
+        for task, outcome in zip(tasks, outcomes, strict=True):
+            self._settle(task, outcome)
 
     def _committed(self, task: Task | None) -> None:
         if task is not None:

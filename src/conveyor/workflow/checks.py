@@ -1,9 +1,10 @@
 """Static checks of ``goto`` targets, run when a workflow is checked (at definition time).
 
-A step decides its next step at run time, but most ``goto(...)`` calls name their target
-directly. Reading the step's source finds those, so ``goto`` to a step of another workflow or
-to a step that does not exist fails at import, naming the step, instead of in production.
-The worker checks the same rule again at run time for targets this cannot see.
+A step decides its next step at run time, but most ``goto(...)`` calls (and the steps named
+by ``fan_out``, ``wait``, ``sleep`` and ``start_child``) name their target directly.
+Reading the step's source finds those, so a target in another workflow or one that does not
+exist fails at import, naming the step, instead of in production. The worker checks the same
+rule again at run time for targets this cannot see.
 """
 
 from __future__ import annotations
@@ -27,13 +28,24 @@ def _goto_targets(fn: Any) -> list[ast.expr]:
         return []  # no source (REPL, C functions): the run-time check still applies
     targets = []
     for node in ast.walk(tree):
-        if not isinstance(node, ast.Call) or not node.args:
+        if not isinstance(node, ast.Call):
             continue
         func = node.func
         called = func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)
-        if called == "goto":
+        if called in ("goto", "fan_out") and node.args:
             targets.append(node.args[0])
+        if called in _TARGET_KEYWORDS:
+            targets += [k.value for k in node.keywords if k.arg in _TARGET_KEYWORDS[called]]
     return targets
+
+
+# the keyword arguments of the flow-control functions that name a step of the same workflow
+_TARGET_KEYWORDS = {
+    "fan_out": ("then",),
+    "wait": ("then", "on_timeout"),
+    "sleep": ("then",),
+    "start_child": ("then",),
+}
 
 
 def _resolve(fn: Any, expr: ast.expr) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,8 @@ class StepContext:
         deadline: wall-clock time (``time.time()``) by which the step must finish, or None.
         worker: name of the worker running the step.
         request_id: correlation id given at start, if any.
+        cancelled: True once the workflow was cancelled while this step runs: stop early;
+            whatever the step returns is discarded.
     """
 
     workflow_id: str
@@ -33,6 +36,20 @@ class StepContext:
     deadline: float | None = None
     worker: str = ""
     request_id: str | None = None
+    cancel_event: threading.Event | None = field(default=None, repr=False)
+    charged: float | None = field(default=None, repr=False)
+
+    @property
+    def cancelled(self) -> bool:
+        return self.cancel_event is not None and self.cancel_event.is_set()
+
+    def charge(self, units: float) -> None:
+        """Report what this step really used of its rate limit (``Limit`` with a cost, e.g.
+        tokens of a model call). The estimate charged before the step is replaced by the
+        total reported here once the step completes."""
+        if units < 0:
+            raise ValueError(f"ctx.charge({units}): units must be >= 0")
+        self.charged = (self.charged or 0.0) + units
 
     @property
     def idempotency_key(self) -> str:
@@ -42,4 +59,23 @@ class StepContext:
     @property
     def time_left(self) -> float | None:
         """Seconds until the deadline, or None when the step has no timeout."""
+        return None if self.deadline is None else max(0.0, self.deadline - time.time())
+
+
+@dataclass(slots=True)
+class BatchContext:
+    """What a batched step (``batch_size=``) receives instead of one ``ctx``: one
+    :class:`StepContext` per input, in the order of the inputs list."""
+
+    items: list[StepContext]
+    step: str
+    workflow: str
+    worker: str = ""
+    deadline: float | None = None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def time_left(self) -> float | None:
         return None if self.deadline is None else max(0.0, self.deadline - time.time())

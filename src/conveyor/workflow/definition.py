@@ -11,12 +11,14 @@ from typing import Any, get_type_hints, overload
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from ..errors import DefinitionError, StepInputError
+from ..limits import Limit, as_limit
 from .policy import RetryPolicy
 
 StepFunction = Callable[..., Any]
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,127}$")
 DEFAULT_QUEUE = "default"
+DEFAULT_MAX_STEPS = 1000
 
 
 def check_name(kind: str, name: str) -> str:
@@ -44,6 +46,13 @@ class Step:
     is_async: bool = False
     takes_input: bool = True
     input_adapter: TypeAdapter[Any] | None = None
+    cache_ttl: float | None = None
+    rate_limit: Limit | None = None
+    concurrency_key: Callable[[Any], Any] | None = None
+    max_concurrency: int | None = None
+    batch_size: int | None = None
+    batch_wait_ms: float = 10.0
+    on_cancel: bool = False
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
@@ -101,9 +110,15 @@ class Workflow:
     """A named set of steps. Define steps with ``@wf.step``; the first ``start=True`` step
     (or else the first step defined) runs first."""
 
-    def __init__(self, name: str, *, queue: str = DEFAULT_QUEUE) -> None:
+    def __init__(
+        self, name: str, *, queue: str = DEFAULT_QUEUE, max_steps: int = DEFAULT_MAX_STEPS
+    ) -> None:
         self.name = check_name("workflow", name)
         self.default_queue = check_name("queue", queue)
+        if not isinstance(max_steps, int) or max_steps < 1:
+            raise DefinitionError(f"workflow {name!r}: max_steps must be a positive integer")
+        #: most tasks one run may create (steps, retries excluded; branches included)
+        self.max_steps = max_steps
         self.steps: dict[str, Step] = {}
         self._checked = False
 
@@ -128,6 +143,13 @@ class Workflow:
         backoff: float | RetryPolicy = 1.0,
         timeout: float | None = None,
         queue: str | None = None,
+        cache_ttl: float | None = None,
+        rate_limit: str | Limit | None = None,
+        concurrency_key: Callable[[Any], Any] | None = None,
+        max_concurrency: int | None = None,
+        batch_size: int | None = None,
+        batch_wait_ms: float = 10.0,
+        on_cancel: bool = False,
     ) -> Step: ...
 
     @overload
@@ -143,6 +165,13 @@ class Workflow:
         backoff: float | RetryPolicy = 1.0,
         timeout: float | None = None,
         queue: str | None = None,
+        cache_ttl: float | None = None,
+        rate_limit: str | Limit | None = None,
+        concurrency_key: Callable[[Any], Any] | None = None,
+        max_concurrency: int | None = None,
+        batch_size: int | None = None,
+        batch_wait_ms: float = 10.0,
+        on_cancel: bool = False,
     ) -> Callable[[StepFunction], Step]: ...
 
     def step(
@@ -157,6 +186,13 @@ class Workflow:
         backoff: float | RetryPolicy = 1.0,
         timeout: float | None = None,
         queue: str | None = None,
+        cache_ttl: float | None = None,
+        rate_limit: str | Limit | None = None,
+        concurrency_key: Callable[[Any], Any] | None = None,
+        max_concurrency: int | None = None,
+        batch_size: int | None = None,
+        batch_wait_ms: float = 10.0,
+        on_cancel: bool = False,
     ) -> Step | Callable[[StepFunction], Step]:
         """Register a step. Usable bare (``@wf.step``) or with options (``@wf.step(...)``).
 
@@ -221,6 +257,54 @@ class Workflow:
         self._checked = False
         return step
 
+    def _add_options(
+        self,
+        step: Step,
+        cache_ttl: float | None,
+        rate_limit: str | Limit | None,
+        concurrency_key: Callable[[Any], Any] | None,
+        max_concurrency: int | None,
+        batch_size: int | None,
+        batch_wait_ms: float,
+        on_cancel: bool,
+    ) -> Step:
+        where = f"step {step.name!r}"
+        try:
+            if cache_ttl is not None and cache_ttl <= 0:
+                raise DefinitionError(f"{where}: cache_ttl must be > 0 seconds")
+            if (concurrency_key is None) != (max_concurrency is None):
+                raise DefinitionError(f"{where}: concurrency_key and max_concurrency go together")
+            if concurrency_key is not None and not callable(concurrency_key):
+                raise DefinitionError(f"{where}: concurrency_key must be a function of input")
+            if max_concurrency is not None and max_concurrency < 1:
+                raise DefinitionError(f"{where}: max_concurrency must be at least 1")
+            if batch_size is not None and batch_size < 1:
+                raise DefinitionError(f"{where}: batch_size must be at least 1")
+            if batch_wait_ms < 0:
+                raise DefinitionError(f"{where}: batch_wait_ms must be >= 0")
+            if batch_size is not None and not step.takes_input:
+                raise DefinitionError(f"{where}: a batched step takes (ctx, inputs: list)")
+            if on_cancel and any(s.on_cancel for s in self.steps.values() if s is not step):
+                raise DefinitionError(
+                    f"{where}: workflow {self.name!r} already has an on_cancel step"
+                )
+            if on_cancel and step.start:
+                raise DefinitionError(f"{where}: the start step cannot be the on_cancel step")
+            limit = None
+            if rate_limit is not None:
+                limit = as_limit(rate_limit, f"{self.name}.{step.name}")
+        except DefinitionError:
+            del self.steps[step.name]
+            raise
+        step.cache_ttl = cache_ttl
+        step.rate_limit = limit
+        step.concurrency_key = concurrency_key
+        step.max_concurrency = max_concurrency
+        step.batch_size = batch_size
+        step.batch_wait_ms = float(batch_wait_ms)
+        step.on_cancel = on_cancel
+        return step
+
     def _then_name(self, step_name: str, then: Step | str | None) -> str | None:
         if then is None:
             return None
@@ -258,7 +342,7 @@ class Workflow:
         for s in self.steps.values():
             if s.start:
                 return s
-        return next(iter(self.steps.values()))
+        return next(s for s in self.steps.values() if not s.on_cancel)
 
     def check(self) -> Workflow:
         """Check the graph: a start step, known ``then`` targets, ``goto`` targets in reach."""
@@ -280,3 +364,7 @@ class Workflow:
 
     def get(self, step_name: str) -> Step | None:
         return self.steps.get(step_name)
+
+    @property
+    def on_cancel_step(self) -> Step | None:
+        return next((s for s in self.steps.values() if s.on_cancel), None)

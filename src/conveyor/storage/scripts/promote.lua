@@ -1,4 +1,5 @@
--- promote: move delayed tasks that are due (server clock) onto their task stream.
+-- promote: move delayed tasks that are due (server clock) onto their task stream. A member
+-- is a task entry as a JSON object (field -> value); 'nonce' only keeps members unique.
 --
 -- KEYS[1]  delayed set of a queue in one partition (score = due time in ms)
 -- KEYS[2]  task stream of that queue in the same partition
@@ -10,14 +11,12 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
 for _, member in ipairs(due) do
-  local task = cjson.decode(member)
-  local fields = {'workflow_id', task.workflow_id, 'workflow', task.workflow, 'step', task.step,
-    'task', tostring(task.task), 'attempt', tostring(task.attempt), 'input', task.input}
-  if task.state then
-    table.insert(fields, 'state'); table.insert(fields, task.state)
-  end
-  if task.request_id then
-    table.insert(fields, 'request_id'); table.insert(fields, task.request_id)
+  local fields = {}
+  for name, value in pairs(cjson.decode(member)) do
+    if name ~= 'nonce' then
+      fields[#fields + 1] = name
+      fields[#fields + 1] = tostring(value)
+    end
   end
   redis.call('XADD', KEYS[2], '*', unpack(fields))
   redis.call('ZREM', KEYS[1], member)

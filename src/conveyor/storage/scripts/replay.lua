@@ -36,8 +36,10 @@ local fields = {'workflow_id', e.workflow_id, 'workflow', e.workflow, 'step', e.
 if e.state and e.state ~= '' then
   table.insert(fields, 'state'); table.insert(fields, e.state)
 end
-if e.request_id and e.request_id ~= '' then
-  table.insert(fields, 'request_id'); table.insert(fields, e.request_id)
+for _, name in ipairs({'request_id', 'parent', 'frame'}) do
+  if e[name] and e[name] ~= '' then
+    table.insert(fields, name); table.insert(fields, e[name])
+  end
 end
 redis.call('XADD', KEYS[4], '*', unpack(fields))
 redis.call('XDEL', KEYS[1], ARGV[1])

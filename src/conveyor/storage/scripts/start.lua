@@ -1,7 +1,9 @@
--- start: create a workflow and enqueue its first task, atomically.
+-- uses lib
+-- start: create a workflow and enqueue (or, with a delay, schedule) its first task, atomically.
 --
 -- KEYS[1]  workflow state hash     ns:{pN}:wf:<id>
 -- KEYS[2]  task stream of the first step's queue   ns:{pN}:q:<queue>
+-- KEYS[3]  delayed set of that queue               ns:{pN}:delayed:<queue>
 -- ARGV[1]  workflow id
 -- ARGV[2]  workflow name
 -- ARGV[3]  first step name
@@ -9,6 +11,9 @@
 -- ARGV[5]  backlog bound of this partition's stream (entries)
 -- ARGV[6]  created_at, ms since the epoch (client clock, informational)
 -- ARGV[7]  request id ('' when none)
+-- ARGV[8]  max_steps: most tasks the workflow may create (0 = unbounded)
+-- ARGV[9]  delay before the first step, ms ('' or 0: none; the server's clock decides)
+-- ARGV[10] on_cancel step as '<step>|<queue>' ('' when none)
 --
 -- Returns {code, status}:
 --   {0, 'running'}   created and enqueued
@@ -23,12 +28,20 @@ if backlog >= tonumber(ARGV[5]) then
 end
 redis.call('HSET', KEYS[1],
   'workflow', ARGV[2], 'status', 'running', 'step', ARGV[3], 'input', ARGV[4],
-  'created_at', ARGV[6], 'updated_at', ARGV[6], 'seq', 1, 't:1', ARGV[3])
-local fields = {'workflow_id', ARGV[1], 'workflow', ARGV[2], 'step', ARGV[3],
-  'task', '1', 'attempt', '1', 'input', ARGV[4]}
+  'created_at', ARGV[6], 'updated_at', ARGV[6], 'seq', 1, 't:1', ARGV[3],
+  'max_steps', ARGV[8])
 if ARGV[7] ~= '' then
   redis.call('HSET', KEYS[1], 'request_id', ARGV[7])
-  table.insert(fields, 'request_id'); table.insert(fields, ARGV[7])
 end
-redis.call('XADD', KEYS[2], '*', unpack(fields))
+if ARGV[10] ~= '' then
+  redis.call('HSET', KEYS[1], 'on_cancel', ARGV[10])
+end
+local W = {id = ARGV[1], name = ARGV[2], request_id = ARGV[7], parent = '', state = ''}
+local delay = tonumber(ARGV[9]) or 0
+if delay > 0 then
+  schedule(KEYS[3], W, ARGV[3], 1, ARGV[4], '', delay)
+  redis.call('HSET', KEYS[1], 'wake_at', server_ms() + delay)
+else
+  enqueue(KEYS[2], W, ARGV[3], 1, ARGV[4], '')
+end
 return {0, 'running'}

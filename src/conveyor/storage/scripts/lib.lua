@@ -1,0 +1,190 @@
+-- lib: helpers shared by the transition scripts. ScriptRegistry prepends this file to every
+-- script that starts with the line '-- uses lib', so each script stays one atomic EVALSHA.
+--
+-- W, the workflow a transition acts on, is a table:
+--   key, history   its state hash and history list
+--   id, name       workflow id and name
+--   request_id, parent, state   carried by every task it enqueues ('' when none)
+--   now            ms since the epoch (the caller's clock: informational timestamps)
+--   channel        pub/sub channel announcing finished workflows
+--   retention      seconds a finished workflow is kept
+--   pkey, pstream  the parent's state hash and the stream its continuation goes to (children)
+--
+-- Task numbers: 'seq' counts every task a workflow ever created; 't:<n>' marks task n active.
+-- A transition only acts on a task while its 't:<n>' exists, so a redelivered, cancelled or
+-- superseded task is dropped instead of run twice. 'max_steps' bounds 'seq' (a runaway loop).
+
+local function server_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function push(list, name, value)
+  if value ~= nil and value ~= '' then
+    list[#list + 1] = name
+    list[#list + 1] = value
+  end
+end
+
+-- The fields of a task entry (a stream entry, or a delayed-set member as a JSON object).
+local function task_fields(W, step, seq, input, frame, extra)
+  local f = {'workflow_id', W.id, 'workflow', W.name, 'step', step, 'task', tostring(seq),
+    'attempt', '1', 'input', input}
+  push(f, 'state', W.state)
+  push(f, 'request_id', W.request_id)
+  push(f, 'parent', W.parent)
+  push(f, 'frame', frame)
+  if extra then
+    for i = 1, #extra, 2 do push(f, extra[i], extra[i + 1]) end
+  end
+  return f
+end
+
+local function enqueue(stream, W, step, seq, input, frame, extra)
+  redis.call('XADD', stream, '*', unpack(task_fields(W, step, seq, input, frame, extra)))
+end
+
+-- Put a task in a delayed set, due after delay_ms by the server's clock (promote.lua moves it).
+local function schedule(delayed, W, step, seq, input, frame, delay_ms, extra)
+  local f = task_fields(W, step, seq, input, frame, extra)
+  local member = {}
+  for i = 1, #f, 2 do member[f[i]] = f[i + 1] end
+  redis.call('ZADD', delayed, server_ms() + tonumber(delay_ms), cjson.encode(member))
+end
+
+-- Chunked HMGET/HDEL: unpack() of thousands of values overflows Lua's C stack.
+local function hmget_all(key, fields)
+  local out = {}
+  for i = 1, #fields, 1000 do
+    local chunk = {}
+    for j = i, math.min(i + 999, #fields) do chunk[#chunk + 1] = fields[j] end
+    local values = redis.call('HMGET', key, unpack(chunk))
+    for _, v in ipairs(values) do out[#out + 1] = v end
+  end
+  return out
+end
+
+local function hdel_all(key, fields)
+  for i = 1, #fields, 1000 do
+    local chunk = {}
+    for j = i, math.min(i + 999, #fields) do chunk[#chunk + 1] = fields[j] end
+    redis.call('HDEL', key, unpack(chunk))
+  end
+end
+
+-- Allocate and activate the next task number, or nil when the step budget is spent.
+local function new_task(W, step)
+  local seq = redis.call('HINCRBY', W.key, 'seq', 1)
+  if W.max_steps == nil then
+    W.max_steps = tonumber(redis.call('HGET', W.key, 'max_steps') or '0') or 0
+  end
+  if W.max_steps > 0 and seq > W.max_steps then
+    return nil
+  end
+  redis.call('HSET', W.key, 't:' .. seq, step)
+  return seq
+end
+
+local function error_json(kind, message)
+  return cjson.encode({type = kind, message = message})
+end
+
+local function failure_marker(err, workflow_id)
+  if workflow_id then
+    return '{"$error":' .. err .. ',"workflow_id":' .. cjson.encode(workflow_id) .. '}'
+  end
+  return '{"$error":' .. err .. '}'
+end
+
+-- Hand a finished child's outcome to its parent: enqueue the parent's continuation task
+-- (registered when the child started), unless the parent stopped meanwhile.
+local function resume_parent(W, status, value)
+  if W.parent == nil or W.parent == '' then
+    return
+  end
+  local pid, n, step, frame = string.match(W.parent, '^([^|]+)|(%d+)|([^|]+)|[^|]*|(.*)$')
+  redis.call('HDEL', W.pkey, 'c:' .. W.id)
+  if redis.call('HEXISTS', W.pkey, 't:' .. n) == 0 then
+    return
+  end
+  local input = value
+  if status == 'failed' then
+    input = failure_marker(value, W.id)
+  elseif status == 'cancelled' then
+    input = failure_marker(error_json('WorkflowCancelled',
+      'child workflow ' .. W.id .. ' was cancelled'), W.id)
+  end
+  local p = redis.call('HMGET', W.pkey, 'workflow', 'request_id', 'parent', 'state')
+  local P = {id = pid, name = p[1], request_id = p[2] or '', parent = p[3] or '',
+    state = p[4] or ''}
+  redis.call('HSET', W.pkey, 'updated_at', W.now)
+  enqueue(W.pstream, P, step, n, input, frame)
+end
+
+-- End a workflow: deactivate every task and wait, record the outcome, start the retention
+-- clock, announce it, and resume the parent of a child workflow.
+local function finish(W, status, field, value)
+  local drop = {}
+  for _, f in ipairs(redis.call('HKEYS', W.key)) do
+    local p = string.sub(f, 1, 2)
+    if p == 't:' or p == 'w:' then drop[#drop + 1] = f end
+  end
+  hdel_all(W.key, drop)
+  redis.call('HSET', W.key, 'status', status, field, value, 'finished_at', W.now,
+    'updated_at', W.now)
+  redis.call('EXPIRE', W.key, W.retention)
+  redis.call('EXPIRE', W.history, W.retention)
+  redis.call('PUBLISH', W.channel, W.id)
+  resume_parent(W, status, value)
+end
+
+local function fail_budget(W)
+  local max = W.max_steps or 0
+  finish(W, 'failed', 'error', error_json('StepBudgetExceeded',
+    'workflow ' .. W.name .. ' ' .. W.id .. ' reached its budget of ' .. max ..
+    ' steps (max_steps); is a loop running away?'))
+end
+
+-- A branch of fan-out group <gid> returned `value` (frame '<gid>|<i>|<step>|<join>'): store
+-- it in its slot, launch the next waiting item (max_parallel), and when it was the last
+-- branch, enqueue the join step with every result in item order, in the group's own frame.
+local function branch_return(W, frame, value, join_stream, branch_stream)
+  local gid, idx = string.match(frame, '^(%d+)|(%d+)|')
+  local gkey = 'g:' .. gid
+  local raw = redis.call('HGET', W.key, gkey)
+  if not raw then
+    return
+  end
+  local g = cjson.decode(raw)
+  redis.call('HSET', W.key, 'r:' .. gid .. ':' .. idx, value)
+  g.left = g.left - 1
+  if g.launched < g.n then
+    g.launched = g.launched + 1
+    local field = 'i:' .. gid .. ':' .. g.launched
+    local item = redis.call('HGET', W.key, field)
+    redis.call('HDEL', W.key, field)
+    local seq = new_task(W, g.step)
+    if not seq then
+      return fail_budget(W)
+    end
+    enqueue(branch_stream, W, g.step, seq, item,
+      gid .. '|' .. g.launched .. '|' .. g.step .. '|' .. g.join)
+  end
+  if g.left > 0 then
+    redis.call('HSET', W.key, gkey, cjson.encode(g))
+    return
+  end
+  local fields = {}
+  for i = 1, g.n do fields[i] = 'r:' .. gid .. ':' .. i end
+  local results = hmget_all(W.key, fields)
+  for i = 1, g.n do
+    if not results[i] then results[i] = 'null' end
+  end
+  fields[#fields + 1] = gkey
+  hdel_all(W.key, fields)
+  local seq = new_task(W, g.join)
+  if not seq then
+    return fail_budget(W)
+  end
+  enqueue(join_stream, W, g.join, seq, '[' .. table.concat(results, ',') .. ']', g.frame)
+end

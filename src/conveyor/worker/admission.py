@@ -1,0 +1,182 @@
+"""Admission: what happens to a delivered task before its step runs, one pipelined round trip
+per read batch.
+
+- A task that is no longer active (its workflow was cancelled or finished, or it is a wait
+  timer that lost to the signal) is dropped without running.
+- A step with ``cache_ttl`` whose result is memoised completes from the cache.
+- A step with a rate or concurrency limit runs only when the limit grants it; otherwise the
+  task goes back to the delayed set as the same attempt (neither lost nor a failure).
+
+After a step ran, :meth:`Admission.after` releases its concurrency slot, settles what it
+really used of its rate limit, pushes the limit back on ``RateLimited`` and stores its
+result in the cache.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import codec
+from ..limits import Limit, Limiter
+from ..storage.records import Task
+from ..storage.store import Store, now_ms
+from .runner import Outcome, StepRunner, cache_digest
+
+log = logging.getLogger("conveyor.worker")
+
+#: Longest a refused task waits before it asks its limit again, seconds.
+MAX_LIMIT_WAIT = 5.0
+
+
+@dataclass(slots=True)
+class Admitted:
+    run: list[Task] = field(default_factory=list)
+    settled: list[tuple[Task, Outcome]] = field(default_factory=list)  # dropped, cached, limited
+
+
+class Admission:
+    def __init__(self, store: Store, runner: StepRunner, limiter: Limiter, lease: float) -> None:
+        self.store = store
+        self.runner = runner
+        self.limiter = limiter
+        self.lease = lease
+        self.held: dict[tuple[str, bytes], tuple[str, str, str]] = {}  # concurrency slots
+        self.estimates: dict[tuple[str, bytes], tuple[Limit, float]] = {}  # rate charged
+
+    async def admit(self, tasks: list[Task]) -> Admitted:
+        out = Admitted()
+        active = await self._check(tasks, out)
+        limited = [t for t in active if self._limits(t)]
+        out.run = [t for t in active if not self._limits(t)]
+        if limited:
+            out.run += await self._acquire(limited, out)
+        return out
+
+    def _limits(self, task: Task) -> bool:
+        step = self.runner.app.step(task.workflow, task.step)
+        limited = step is not None and (step.rate_limit or step.max_concurrency)
+        return bool(limited)
+
+    async def _check(self, tasks: list[Task], out: Admitted) -> list[Task]:
+        """Drop inactive tasks and stale timers; complete cached ones. One round trip (plus
+        one for wait timers, which are rare)."""
+        keys = self.store.keys
+        pipe = self.store.redis.pipeline(transaction=False)
+        cache_of: dict[int, int] = {}  # task index -> position of its cache read
+        for t in tasks:
+            pipe.hexists(keys.workflow(t.workflow_id, t.partition), f"t:{t.task}")
+        for i, t in enumerate(tasks):
+            step = self.runner.app.step(t.workflow, t.step)
+            if step is not None and step.cache_ttl and not t.wait:
+                cache_of[i] = len(tasks) + len(cache_of)
+                pipe.get(keys.cache(cache_digest(t)))
+        replies = await pipe.execute()
+        timers = [t for i, t in enumerate(tasks) if t.wait and replies[i]]
+        won = dict(zip(map(id, timers), await self.store.claim_timers(timers), strict=True))
+        keep = []
+        for i, t in enumerate(tasks):
+            if not replies[i] or (t.wait and not won[id(t)]):
+                out.settled.append((t, Outcome(self.store.transitions.ack(t), "dropped")))
+            elif i in cache_of and replies[cache_of[i]] is not None:
+                out.settled.append((t, self.runner.from_cache(t, replies[cache_of[i]])))
+            else:
+                keep.append(t)
+        return keep
+
+    async def _acquire(self, tasks: list[Task], out: Admitted) -> list[Task]:
+        """Ask every limit of ``tasks`` at once; a task runs only if all its limits agree."""
+        conc: list[tuple[int, tuple[str, str, int, str, float]]] = []
+        rate: list[tuple[int, tuple[Limit, float]]] = []
+        for i, t in enumerate(tasks):
+            step = self.runner.step_of(t)
+            try:
+                value: Any = codec.loads(t.input)
+                if step.concurrency_key is not None and step.max_concurrency is not None:
+                    key = str(step.concurrency_key(value))
+                    holder = f"{t.workflow_id}:{t.task}"
+                    conc.append((i, (step.qualified_name, key, step.max_concurrency, holder,
+                                     self.lease)))  # fmt: skip
+                if step.rate_limit is not None:
+                    rate.append((i, (step.rate_limit, step.rate_limit.cost_of(value))))
+            except Exception as exc:  # a bad key or cost function: the step's own failure
+                out.settled.append((t, self.runner.failure(t, step, exc, now_ms())))
+        failed = {id(t) for t, _ in out.settled}
+        conc = [(i, c) for i, c in conc if id(tasks[i]) not in failed]
+        rate = [(i, r) for i, r in rate if id(tasks[i]) not in failed]
+        waits: dict[int, float] = {}
+        conc_waits = await self.limiter.enter([c for _, c in conc]) if conc else []
+        granted_conc = {}
+        for (i, c), wait in zip(conc, conc_waits, strict=True):
+            if wait > 0:
+                waits[i] = max(waits.get(i, 0.0), wait)
+            else:
+                granted_conc[i] = c
+        rate = [(i, r) for i, r in rate if i not in waits]  # do not spend tokens in vain
+        rate_waits = await self.limiter.take([r for _, r in rate]) if rate else []
+        granted_rate = {}
+        for (i, r), wait in zip(rate, rate_waits, strict=True):
+            if wait > 0:
+                waits[i] = max(waits.get(i, 0.0), wait)
+            else:
+                granted_rate[i] = r
+        # a task refused by one limit gives back what another granted
+        give_back = [granted_conc.pop(i) for i in list(granted_conc) if i in waits]
+        if give_back:
+            await self.limiter.leave([(name, key, holder) for name, key, _, holder, _ in give_back])
+        run = []
+        for i, t in enumerate(tasks):
+            if id(t) in failed:
+                continue
+            if i in waits:
+                delay = min(MAX_LIMIT_WAIT, waits[i])
+                out.settled.append((t, Outcome(self.runner.limited(t, delay), "limited")))
+                continue
+            if i in granted_conc:
+                name, key, _, holder, _ = granted_conc[i]
+                self.held[t.ref] = (name, key, holder)
+            if i in granted_rate:
+                self.estimates[t.ref] = granted_rate[i]
+            run.append(t)
+        return run
+
+    # -- after a step ----------------------------------------------------------------------
+
+    def needs_after(self, task: Task, outcome: Outcome) -> bool:
+        return (
+            task.ref in self.held
+            or task.ref in self.estimates
+            or outcome.cache is not None
+            or outcome.push_back is not None
+        )
+
+    async def after(self, task: Task, outcome: Outcome) -> None:
+        """Settle a step's limits and cache once it ran (best effort: a failure here only
+        makes a limit or the cache less exact, never loses or repeats a task)."""
+        slot = self.held.pop(task.ref, None)
+        estimate = self.estimates.pop(task.ref, None)
+        try:
+            if slot is not None:
+                await self.limiter.leave([slot])
+            step = self.runner.app.step(task.workflow, task.step)
+            limit = step.rate_limit if step is not None else None
+            if estimate is not None and outcome.charged is not None:
+                # take() caps a cost at the burst: only that much was charged up front
+                extra = outcome.charged - min(estimate[1], estimate[0].capacity)
+                if extra:
+                    await self.limiter.charge([(estimate[0], extra)])
+            if outcome.push_back is not None and limit is not None:
+                await self.limiter.push_back(limit, outcome.push_back)
+            if outcome.cache is not None:
+                key, entry, ttl = outcome.cache
+                await self.store.redis.set(key, entry, px=max(1, int(ttl * 1000)))
+        except Exception as exc:
+            log.warning("settling limits/cache of %s.%s failed: %s", task.workflow, task.step, exc)
+
+    async def renew(self) -> None:
+        """Keep the concurrency slots of long steps (called with the lease renewals)."""
+        if self.held:
+            await self.limiter.renew(
+                [(name, key, holder, self.lease) for name, key, holder in self.held.values()]
+            )
