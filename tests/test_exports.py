@@ -9,6 +9,9 @@ EXPECTED = {
     "StepContext", "StepError", "StepInputError", "StepRecord", "UnknownWorkflowError",
     "Worker", "Workflow", "WorkflowCancelledError", "WorkflowFailedError",
     "WorkflowNotFoundError", "WorkflowStatus", "__version__", "done", "goto",
+    # flow control (issue 3)
+    "BatchContext", "Limit", "RateLimited", "SignalError", "StepBudgetExceededError", "WaitInfo",
+    "error_of", "fan_out", "is_timeout", "sleep", "start_child", "wait",
 }  # fmt: skip
 
 

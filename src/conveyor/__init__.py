@@ -9,19 +9,37 @@ from .errors import (
     DeadLetterNotFoundError,
     DefinitionError,
     NonRetryableError,
+    RateLimited,
     ReplayError,
     ResultTimeoutError,
     Retry,
+    SignalError,
+    StepBudgetExceededError,
     StepInputError,
     UnknownWorkflowError,
     WorkflowCancelledError,
     WorkflowFailedError,
     WorkflowNotFoundError,
 )
+from .limits import Limit
 from .settings import Settings
-from .storage.records import DeadLetter, StepError, StepRecord, WorkflowStatus
+from .storage.records import DeadLetter, StepError, StepRecord, WaitInfo, WorkflowStatus
 from .worker import Worker
-from .workflow import RetryPolicy, Step, StepContext, Workflow, done, goto
+from .workflow import (
+    BatchContext,
+    RetryPolicy,
+    Step,
+    StepContext,
+    Workflow,
+    done,
+    error_of,
+    fan_out,
+    goto,
+    is_timeout,
+    sleep,
+    start_child,
+    wait,
+)
 
 __version__ = "0.1.0"
 
@@ -29,24 +47,30 @@ __all__ = [
     "App",
     "AsyncClient",
     "BackPressureError",
+    "BatchContext",
     "Client",
     "ConfigurationError",
     "ConveyorError",
     "DeadLetter",
     "DeadLetterNotFoundError",
     "DefinitionError",
+    "Limit",
     "NonRetryableError",
+    "RateLimited",
     "ReplayError",
     "ResultTimeoutError",
     "Retry",
     "RetryPolicy",
     "Settings",
+    "SignalError",
     "Step",
+    "StepBudgetExceededError",
     "StepContext",
     "StepError",
     "StepInputError",
     "StepRecord",
     "UnknownWorkflowError",
+    "WaitInfo",
     "Worker",
     "Workflow",
     "WorkflowCancelledError",
@@ -55,5 +79,11 @@ __all__ = [
     "WorkflowStatus",
     "__version__",
     "done",
+    "error_of",
+    "fan_out",
     "goto",
+    "is_timeout",
+    "sleep",
+    "start_child",
+    "wait",
 ]

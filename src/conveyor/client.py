@@ -1,4 +1,5 @@
-"""Clients: start workflows, read their status, wait for results, cancel, handle dead letters.
+"""Clients: start workflows, read their status, wait for results, signal and cancel them,
+handle dead letters.
 
 ``AsyncClient`` is the asyncio client; ``Client`` offers the same methods to blocking code
 (it runs an ``AsyncClient`` on a private event loop thread).
@@ -11,6 +12,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from redis.asyncio import Redis
@@ -28,10 +30,21 @@ from .storage.connection import connect
 from .storage.records import DeadLetter, WorkflowStatus
 from .storage.store import Store
 from .watcher import FinishedWatcher
+from .workflow.definition import DEFAULT_MAX_STEPS, check_name
 
 T = TypeVar("T")
 
 FINISHED = ("completed", "failed", "cancelled")
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """How a workflow starts: its first step and queue, budget and cancel handler."""
+
+    step: str
+    queue: str
+    max_steps: int
+    on_cancel: tuple[str, str] | None
 
 
 class AsyncClient:
@@ -59,7 +72,7 @@ class AsyncClient:
         self.redis = redis or connect(self.settings.redis_url)
         self._owns_redis = redis is None
         self.store = Store(self.redis, self.settings)
-        self._routes: dict[str, tuple[str, str]] = {}
+        self._routes: dict[str, Route] = {}
         self._watcher = FinishedWatcher(self.redis)
         self._starts = StartCoalescer(self.store)
         self._checked = False
@@ -78,14 +91,16 @@ class AsyncClient:
 
     # -- starting ---------------------------------------------------------------------------
 
-    async def _route(self, workflow: str) -> tuple[str, str]:
-        """(first step, its queue) of ``workflow``."""
+    async def _route(self, workflow: str) -> Route:
+        """Where and how ``workflow`` starts (from the app, else from the workers' registry)."""
         route = self._routes.get(workflow)
         if route is not None:
             return route
         if self.app is not None:
-            start = self.app.workflow(workflow).start_step
-            route = (start.name, start.queue)
+            wf = self.app.workflow(workflow)
+            start, cancel = wf.start_step, wf.on_cancel_step
+            on_cancel = (cancel.name, cancel.queue) if cancel else None
+            route = Route(start.name, start.queue, wf.max_steps, on_cancel)
         else:
             desc = await self.store.lookup(workflow)
             if desc is None:
@@ -94,7 +109,13 @@ class AsyncClient:
                     f"{self.settings.namespace!r} has registered it (start a worker first, "
                     "or give the client the app)"
                 )
-            route = (desc["start"], desc["queue"])
+            cancel = desc.get("on_cancel")
+            route = Route(
+                desc["start"],
+                desc["queue"],
+                desc.get("max_steps", DEFAULT_MAX_STEPS),
+                (cancel[0], cancel[1]) if cancel else None,
+            )
         self._routes[workflow] = route
         return route
 
@@ -105,18 +126,32 @@ class AsyncClient:
         *,
         idempotency_key: str | None = None,
         request_id: str | None = None,
+        delay: float | None = None,
+        max_steps: int | None = None,
     ) -> str:
         """Start ``workflow`` with ``input``; returns the workflow id.
 
         With an ``idempotency_key`` the id is derived from (workflow, key): starting again
         returns the same id and runs nothing twice (while the first run's state is kept).
+        ``delay`` seconds before its first step runs (a durable timer in Redis);
+        ``max_steps`` overrides the workflow's step budget for this run.
         Raises BackPressureError when the queue is past its backlog bound.
         """
-        step, queue = await self._route(workflow)
+        route = await self._route(workflow)
+        if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 1):
+            raise ValueError(f"max_steps must be a positive integer, not {max_steps!r}")
         if not self._checked:
             await self._check_partitions()
         request = self.store.start_request(
-            workflow, step, queue, input, idempotency_key=idempotency_key, request_id=request_id
+            workflow,
+            route.step,
+            route.queue,
+            input,
+            idempotency_key=idempotency_key,
+            request_id=request_id,
+            max_steps=max_steps or route.max_steps,
+            delay=delay,
+            on_cancel=route.on_cancel,
         )
         workflow_id, _ = await self._starts.start(request)
         return workflow_id
@@ -182,9 +217,18 @@ class AsyncClient:
             self._watcher.unregister(workflow_id, future)
 
     async def cancel(self, workflow_id: str) -> str:
-        """Cancel a workflow; returns its final status. Steps already running finish, but
-        their results are discarded (their transitions are dropped)."""
+        """Cancel a workflow wherever it is; returns its final status ('cancelled', or how it
+        had already finished). Its queued and delayed tasks are dropped unrun, its waits
+        released, running steps see ``ctx.cancelled`` and their results are discarded, its
+        child workflows are cancelled too, and its ``on_cancel`` step runs once."""
         return await self.store.cancel(workflow_id)
+
+    async def signal(self, workflow_id: str, name: str, payload: Any = None) -> str:
+        """Send signal ``name`` with ``payload`` (JSON) to a workflow. If it waits for that
+        signal it resumes ('delivered'); otherwise the payload is kept, in order, for its
+        next wait of that name ('buffered'). Raises SignalError once it has finished."""
+        check_name("signal", name)
+        return await self.store.signal(workflow_id, name, payload)
 
     # -- dead letters -----------------------------------------------------------------------
 
@@ -241,10 +285,17 @@ class Client:
         *,
         idempotency_key: str | None = None,
         request_id: str | None = None,
+        delay: float | None = None,
+        max_steps: int | None = None,
     ) -> str:
         return self._call(
             self._client.start(
-                workflow, input, idempotency_key=idempotency_key, request_id=request_id
+                workflow,
+                input,
+                idempotency_key=idempotency_key,
+                request_id=request_id,
+                delay=delay,
+                max_steps=max_steps,
             )
         )
 
@@ -259,6 +310,9 @@ class Client:
 
     def cancel(self, workflow_id: str) -> str:
         return self._call(self._client.cancel(workflow_id))
+
+    def signal(self, workflow_id: str, name: str, payload: Any = None) -> str:
+        return self._call(self._client.signal(workflow_id, name, payload))
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         return self._call(self._client.dead_letters(limit))

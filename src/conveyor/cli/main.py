@@ -204,6 +204,14 @@ def start(
     idempotency_key: Annotated[
         str | None, typer.Option("--idempotency-key", help="Start at most once per key.")
     ] = None,
+    delay: Annotated[
+        float | None,
+        typer.Option("--delay", min=0, help="Seconds before the first step runs (durable)."),
+    ] = None,
+    max_steps: Annotated[
+        int | None,
+        typer.Option("--max-steps", min=1, help="Step budget of this run (default: workflow's)."),
+    ] = None,
     redis_url: RedisUrl = None,
     namespace: Namespace = None,
     partitions: Partitions = None,
@@ -212,7 +220,9 @@ def start(
     payload = parse_json(input, "--input")
 
     async def go(client: AsyncClient) -> None:
-        workflow_id = await client.start(name, payload, idempotency_key=idempotency_key)
+        workflow_id = await client.start(
+            name, payload, idempotency_key=idempotency_key, delay=delay, max_steps=max_steps
+        )
         if not wait:
             out.print(workflow_id, highlight=False)
             return
@@ -248,10 +258,32 @@ def cancel(
     namespace: Namespace = None,
     partitions: Partitions = None,
 ) -> None:
-    """Cancel a workflow: it ends as cancelled now; a step of it that is queued or running may
-    still run, but its result is discarded and nothing follows it."""
+    """Cancel a workflow wherever it is: queued and delayed steps are dropped, waits released,
+    running steps see ctx.cancelled (their results are discarded), child workflows are
+    cancelled too, and its on_cancel step runs once."""
     final = with_client(redis_url, namespace, partitions, lambda c: c.cancel(workflow_id))
     out.print(f"{workflow_id} {final}", highlight=False)
+
+
+@cli.command()
+@readable_errors
+def signal(
+    workflow_id: Annotated[str, typer.Argument(help="Workflow id.")],
+    name: Annotated[str, typer.Argument(help="Signal name, as in wait(name, ...).")],
+    payload: Annotated[
+        str | None, typer.Option("--payload", "-p", help="Payload as JSON (default null).")
+    ] = None,
+    redis_url: RedisUrl = None,
+    namespace: Namespace = None,
+    partitions: Partitions = None,
+) -> None:
+    """Send a signal to a workflow: it resumes if it waits for it, else the payload is kept
+    for its next wait of that name. Prints 'delivered' or 'buffered'."""
+    body = parse_json(payload, "--payload")
+    outcome = with_client(
+        redis_url, namespace, partitions, lambda c: c.signal(workflow_id, name, body)
+    )
+    out.print(f"{workflow_id} {name} {outcome}", highlight=False)
 
 
 # -- dead letters ----------------------------------------------------------------------------

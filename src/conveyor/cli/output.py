@@ -10,7 +10,14 @@ from rich.table import Table
 
 from ..storage.records import DeadLetter, WorkflowStatus
 
-STATUS_STYLE = {"completed": "green", "failed": "red", "cancelled": "yellow", "running": "cyan"}
+STATUS_STYLE = {
+    "completed": "green",
+    "failed": "red",
+    "cancelled": "yellow",
+    "running": "cyan",
+    "waiting": "magenta",
+    "limited": "magenta",
+}
 
 
 def _time(value: datetime | None) -> str:
@@ -33,12 +40,26 @@ def print_status(console: Console, st: WorkflowStatus) -> None:
     )
     if st.request_id:
         console.print(f"request id: {st.request_id}", highlight=False)
+    budget = f" of {st.max_steps}" if st.max_steps else ""
+    console.print(f"tasks: {st.tasks}{budget}", highlight=False)
+    if st.parent:
+        console.print(f"parent: {st.parent}", highlight=False)
+    for child in st.children:
+        console.print(f"child: {child}", highlight=False)
+    for w in st.waits:
+        console.print(
+            f"waiting for signal [bold]{w.signal}[/] (-> {w.step}) since {_time(w.since)}, "
+            f"deadline {_time(w.deadline)}"
+        )
+    if st.cancel_reason:
+        console.print(f"cancelled: {st.cancel_reason}", highlight=False)
     table = Table("step", "task", "attempt", "status", "started", "ms", "worker", "error")
     for h in st.history:
         error = f"{h.error.type}: {h.error.message}" if h.error else ""
+        shown = f"{h.status} (cached)" if h.cached else h.status
         table.add_row(
             h.step, str(h.task), str(h.attempt),
-            f"[{STATUS_STYLE.get(h.status, 'white')}]{h.status}[/]",
+            f"[{STATUS_STYLE.get(h.status, 'white')}]{shown}[/]",
             _time(h.started_at), _ms(h.started_at, h.finished_at), h.worker or "-", error,
         )  # fmt: skip
     console.print(table)

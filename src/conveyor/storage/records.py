@@ -32,7 +32,8 @@ class StepRecord(BaseModel):
     step: str
     task: int
     attempt: int
-    status: str  # completed | failed (the attempt); a retry follows a failed attempt if left
+    status: str  # completed | failed | limited (held back by a rate limit, not an attempt)
+    cached: bool = False  # completed from the step-result cache, without running
     started_at: datetime | None = None
     finished_at: datetime | None = None
     worker: str | None = None
@@ -40,12 +41,21 @@ class StepRecord(BaseModel):
     error: StepError | None = None
 
 
+class WaitInfo(BaseModel):
+    """A signal a workflow waits for."""
+
+    signal: str
+    step: str = Field(description="the step the signal's payload goes to")
+    since: datetime | None = None
+    deadline: datetime | None = None
+
+
 class WorkflowStatus(BaseModel):
     """A workflow run as stored in Redis."""
 
     id: str
     workflow: str
-    status: str  # running | completed | failed | cancelled
+    status: str  # running | waiting | completed | failed | cancelled
     step: str | None = Field(None, description="current (or last) step")
     input: Any = None
     result: Any = None
@@ -55,11 +65,21 @@ class WorkflowStatus(BaseModel):
     updated_at: datetime | None = None
     finished_at: datetime | None = None
     request_id: str | None = None
+    waits: list[WaitInfo] = Field(default_factory=list)
+    parent: str | None = Field(None, description="id of the parent (a child workflow)")
+    children: list[str] = Field(default_factory=list, description="running child workflows")
+    tasks: int = Field(0, description="tasks created so far (counted against max_steps)")
+    max_steps: int | None = None
+    cancel_reason: str | None = None
     history: list[StepRecord] = Field(default_factory=list)
 
     @property
     def finished(self) -> bool:
         return self.status in ("completed", "failed", "cancelled")
+
+    @property
+    def waiting_for(self) -> list[str]:
+        return [w.signal for w in self.waits]
 
     @classmethod
     def from_redis(
@@ -76,6 +96,18 @@ class WorkflowStatus(BaseModel):
                 item[key] = from_ms(item.get(key))
             records.append(StepRecord.model_validate(item))
         error = codec.loads(fields.get(b"error"))
+        waits, children = [], []
+        for name, value in fields.items():
+            if name.startswith(b"w:"):
+                wait = codec.loads(value)
+                waits.append(WaitInfo(
+                    signal=name[2:].decode(), step=wait["step"], since=from_ms(wait.get("since")),
+                    deadline=from_ms(wait.get("deadline")),
+                ))  # fmt: skip
+            elif name.startswith(b"c:"):
+                children.append(name[2:].decode())
+        parent = text(b"parent")
+        max_steps = fields.get(b"max_steps")
         return cls(
             id=workflow_id,
             workflow=text(b"workflow") or "",
@@ -89,6 +121,12 @@ class WorkflowStatus(BaseModel):
             updated_at=from_ms(fields.get(b"updated_at")),
             finished_at=from_ms(fields.get(b"finished_at")),
             request_id=text(b"request_id"),
+            waits=waits,
+            parent=parent.split("|", 1)[0] if parent else None,
+            children=children,
+            tasks=int(fields.get(b"seq") or 0),
+            max_steps=int(max_steps) if max_steps and int(max_steps) > 0 else None,
+            cancel_reason=text(b"cancel_reason"),
             history=records,
         )
 

@@ -17,6 +17,8 @@ from .resilience import Backoff
 
 log = logging.getLogger("conveyor.worker")
 
+# transitions that may put a task in a delayed set (a retry, a sleep, a wait's timer)
+SCHEDULES = frozenset({"retry", "sleep", "wait"})
 GIVE_UP_AFTER = 5  # consecutive unexpected errors before a batch is left for redelivery
 
 
@@ -43,7 +45,7 @@ class Committer:
         store: Store,
         stats: Stats,
         on_done: Callable[[Task | None], None],
-        on_retry: Callable[[], None] = lambda: None,
+        on_retry: Callable[[], None] = lambda: None,  # something was scheduled
         max_batch: int = 128,
         lanes: int = 4,
     ) -> None:
@@ -98,8 +100,10 @@ class Committer:
             self._in_flight -= 1
             backoff.reset()
             self.stats.batches += 1
-            for (_, task, kind), result in zip(batch, results, strict=True):
+            for (call, task, kind), result in zip(batch, results, strict=True):
                 self._count(task, kind, result)
+                if call.action in SCHEDULES and result == ScriptCode.OK:
+                    self.on_retry()  # a timer is waiting in a delayed set: poll it closely
                 self.on_done(task)
 
     async def _failed(
@@ -138,12 +142,10 @@ class Committer:
         elif kind == "cached":
             self.stats.completed += 1
             self.stats.cached += 1
-        elif kind in ("retried", "limited"):
-            if kind == "retried":
-                self.stats.retried += 1
-            else:
-                self.stats.limited += 1
-            self.on_retry()
+        elif kind == "retried":
+            self.stats.retried += 1
+        elif kind == "limited":
+            self.stats.limited += 1
         elif kind == "dropped":
             self.stats.dropped += 1
         elif kind == "poison":

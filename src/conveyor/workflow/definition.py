@@ -200,10 +200,23 @@ class Workflow:
         name; names may refer to steps defined further down). ``backoff`` is the first retry
         delay in seconds, or a full :class:`RetryPolicy` (its ``retries`` is overridden by
         ``retries`` when that is given).
+
+        ``cache_ttl`` memoises the step's result by (workflow, step, input) for that many
+        seconds, across workflows and workers. ``rate_limit`` ("100/s", or a
+        :class:`~conveyor.Limit` shared by name and charged by cost) and ``concurrency_key``
+        with ``max_concurrency`` (at most N at once per key) hold a task back until it may
+        run, without counting an attempt. ``batch_size`` hands the function a list of up to
+        that many inputs (waiting at most ``batch_wait_ms`` to fill it) and expects a list of
+        results. ``on_cancel=True`` makes this the step that runs once when the workflow is
+        cancelled.
         """
 
         def register(func: StepFunction) -> Step:
-            return self._add(func, name, start, then, retries, backoff, timeout, queue)
+            step = self._add(func, name, start, then, retries, backoff, timeout, queue)
+            return self._add_options(
+                step, cache_ttl, rate_limit, concurrency_key, max_concurrency,
+                batch_size, batch_wait_ms, on_cancel,
+            )  # fmt: skip
 
         return register(fn) if fn is not None else register
 
