@@ -203,3 +203,42 @@ async def _completed_at_least(worker: Worker, n: int) -> bool:
 
 async def _int(value: Any, at_least: int) -> bool:
     return int(await value or 0) >= at_least
+
+
+async def test_timers_and_waits_survive_redis_kill_and_a_new_worker(
+    server: EmbeddedRedis, namespace: str
+) -> None:
+    """A sleeping workflow, a delayed start and a parked wait (with its timeout) are all
+    state in Redis: with AOF (fsync always) they survive SIGKILL of Redis, and a worker that
+    never saw them before finishes them."""
+    from conveyor import Workflow, is_timeout, sleep, wait
+
+    wf = Workflow("durable")
+
+    @wf.step(start=True)
+    async def begin(ctx, mode: str):
+        if mode == "sleep":
+            return sleep(1.0, then=end, input="slept")
+        return wait("go", then=end, timeout=1.0 if mode == "timeout" else None)
+
+    @wf.step
+    async def end(ctx, value: Any):
+        return "timed out" if is_timeout(value) else value
+
+    app = App(workflows=[wf], redis_url=server.url, namespace=namespace, partitions=4,
+              visibility_timeout=2)  # fmt: skip
+    client = AsyncClient(app=app)
+    ids = {mode: await client.start("durable", mode) for mode in ("sleep", "timeout", "wait")}
+    delayed = await client.start("durable", "sleep", delay=1.0)
+    first = Worker(app, block_ms=50, promote_interval=0.02)
+    await first.start()
+    await wait_for(lambda: _completed_at_least(first, 3), 15, "steps reached their timers")
+    await first.stop()  # nothing of those timers lives in the worker
+    await asyncio.to_thread(server.restart, graceful=False, down_for=0.2)  # SIGKILL
+    await client.signal(ids["wait"], "go", "signalled")
+    second = Worker(app, block_ms=50, promote_interval=0.02)
+    await asyncio.wait_for(second.run(until_idle=True), 30)
+    results = {mode: await client.result(i, timeout=5) for mode, i in ids.items()}
+    assert results == {"sleep": "slept", "timeout": "timed out", "wait": "signalled"}
+    assert await client.result(delayed, timeout=5) == "slept"
+    await client.close()

@@ -15,6 +15,7 @@ result in the cache.
 from __future__ import annotations
 
 import logging
+import random
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,9 @@ log = logging.getLogger("conveyor.worker")
 
 #: Longest a refused task waits before it asks its limit again, seconds.
 MAX_LIMIT_WAIT = 5.0
+#: A task refused a concurrency slot asks again after about this long (a slot frees when a
+#: step ends, which no lease expiry predicts); jittered so waiters do not come back in step.
+CONCURRENCY_RETRY = 0.1
 
 
 @dataclass(slots=True)
@@ -110,7 +114,8 @@ class Admission:
         granted_conc = {}
         for (i, c), wait in zip(conc, conc_waits, strict=True):
             if wait > 0:
-                waits[i] = max(waits.get(i, 0.0), wait)
+                retry = min(wait, CONCURRENCY_RETRY) * (1 + random.random())
+                waits[i] = max(waits.get(i, 0.0), retry)
             else:
                 granted_conc[i] = c
         rate = [(i, r) for i, r in rate if i not in waits]  # do not spend tokens in vain
