@@ -45,10 +45,15 @@ class Keys:
         """Pub/sub channel: the id of every workflow of the partition that finishes."""
         return f"{self._p(partition)}:finished"
 
-    def cancel_channel(self, partition: int) -> str:
-        """Pub/sub channel: the id of every workflow of the partition that is cancelled, so
-        workers can flag its running steps (``ctx.cancelled``)."""
-        return f"{self._p(partition)}:cancelled"
+    def stopped(self, partition: int) -> str:
+        """Sorted set of the partition's workflows that stopped early (cancelled, or failed
+        with tasks possibly left: score = when, ms). Workers mirror it to drop those tasks
+        before they run, with no round trip per task."""
+        return f"{self._p(partition)}:stopped"
+
+    def stopped_channel(self, partition: int) -> str:
+        """Pub/sub channel announcing each workflow added to :meth:`stopped` (same name)."""
+        return self.stopped(partition)
 
     # -- per workflow -----------------------------------------------------------------------
 

@@ -422,13 +422,13 @@ class Store:
             cancel_stream,
             parent_key,
             parent_stream,
+            self.keys.stopped(partition),
         ]
         argv = [
             now_ms(),
             self._retention,
             self.keys.finished_channel(partition),
             workflow_id,
-            self.keys.cancel_channel(partition),
             reason,
         ]
         code, status, *children = await self.scripts.call(self.redis, "cancel", keys, argv)
@@ -465,6 +465,16 @@ class Store:
             if code == ScriptCode.OK:
                 return detail
         raise SignalError(f"signal {name!r} to {workflow_id}: the wait kept changing; retry")
+
+    async def stopped_since(self, since_ms: int) -> dict[str, int]:
+        """Workflows that stopped early (cancelled or failed) since ``since_ms``: id -> when."""
+        pipe = self.redis.pipeline(transaction=False)
+        for p in range(self.settings.partitions):
+            pipe.zrangebyscore(self.keys.stopped(p), since_ms, "+inf", withscores=True)
+        out: dict[str, int] = {}
+        for members in await pipe.execute():
+            out.update((m.decode(), int(score)) for m, score in members)
+        return out
 
     async def claim_timers(self, tasks: list[Task]) -> list[bool]:
         """For wait timers that fired: whether each still resolves its wait (see claim.lua)."""
@@ -539,6 +549,7 @@ class Store:
             self.keys.workflow(letter.workflow_id),
             self.keys.history(letter.workflow_id),
             self.keys.stream(partition, letter.queue),
+            self.keys.stopped(partition),
         ]
         code, detail = await self.scripts.call(self.redis, "replay", keys, [entry, now_ms()])
         detail = detail.decode() if isinstance(detail, bytes) else str(detail)

@@ -39,6 +39,10 @@ class Transitions:
     def __init__(self, keys: Keys, settings: Settings) -> None:
         self.keys = keys
         self.settings = settings
+        # per-partition names every transition carries, built once
+        partitions = range(settings.partitions)
+        self._stopped = [keys.stopped(p) for p in partitions]
+        self._finished = [keys.finished_channel(p) for p in partitions]
 
     def _base(
         self,
@@ -55,7 +59,8 @@ class Transitions:
             parent_id, parent_queue = parent_target(task.parent)
             parent_key = self.keys.workflow(parent_id, p)
             parent_stream = self.keys.stream(p, parent_queue)
-        keys = [task.stream, wf, self.keys.history(task.workflow_id, p), parent_key, parent_stream]
+        history = self.keys.history(task.workflow_id, p)
+        keys = [task.stream, wf, history, parent_key, parent_stream, self._stopped[p]]
         argv = [
             action,
             task.entry_id,
@@ -66,7 +71,7 @@ class Transitions:
             task.workflow,
             task.request_id or "",
             state,
-            self.keys.finished_channel(p),
+            self._finished[p],
             task.frame,
             task.parent,
         ]
@@ -182,7 +187,9 @@ class Transitions:
     ) -> Transition:  # fmt: skip
         """The task failed for good: dead-letter it and fail the workflow (or, in a branch of
         a collecting fan-out, put the error in the branch's slot)."""
-        base = self._base(task, "dead", record, now)
+        # the state the task carried goes on to a collecting join (the failed step's own
+        # changes are discarded: commit.lua does not store state for a dead task)
+        base = self._base(task, "dead", record, now, task.state or b"")
         keys = [self.keys.dead(task.partition), *self._frame_streams(task, frame_queues)]
         fields: list[Any] = [
             "workflow_id", task.workflow_id,
@@ -219,7 +226,7 @@ class Transitions:
         dead += ["raw", codec.dumps(raw)]
         dead_stream = self.keys.dead(partition)
         # the workflow slots are unused: they repeat keys of the same partition (hash slot)
-        keys = [stream, dead_stream, dead_stream, dead_stream, stream, dead_stream]
+        keys = [stream, dead_stream, dead_stream, dead_stream, stream, dead_stream, dead_stream]
         argv = ["poison", entry_id, "", b"", now, "", "", "", b"", "", "", "", *dead]
         return Transition(partition, keys, argv, "poison")
 

@@ -1,8 +1,8 @@
-"""Admission: what happens to a delivered task before its step runs, one pipelined round trip
-per read batch.
+"""Admission: what happens to a delivered task of a cached or limited step (or a wait timer)
+before it runs, a round trip or two per read batch. Other tasks skip it.
 
-- A task that is no longer active (its workflow was cancelled or finished, or it is a wait
-  timer that lost to the signal) is dropped without running.
+- A wait timer that lost to its signal is dropped without running. (Tasks of cancelled or
+  failed workflows never get here: the worker drops them at dispatch, see cancels.py.)
 - A step with ``cache_ttl`` whose result is memoised completes from the cache.
 - A step with a rate or concurrency limit runs only when the limit grants it; otherwise the
   task goes back to the delayed set as the same attempt (neither lost nor a failure).
@@ -64,30 +64,29 @@ class Admission:
         return bool(limited)
 
     async def _check(self, tasks: list[Task], out: Admitted) -> list[Task]:
-        """Drop inactive tasks and stale timers; complete cached ones. One round trip (plus
-        one for wait timers, which are rare)."""
-        keys = self.store.keys
-        pipe = self.store.redis.pipeline(transaction=False)
-        cache_of: dict[int, int] = {}  # task index -> position of its cache read
-        for t in tasks:
-            pipe.hexists(keys.workflow(t.workflow_id, t.partition), f"t:{t.task}")
-        for i, t in enumerate(tasks):
-            step = self.runner.app.step(t.workflow, t.step)
-            if step is not None and step.cache_ttl and not t.wait:
-                cache_of[i] = len(tasks) + len(cache_of)
-                pipe.get(keys.cache(cache_digest(t)))
-        replies = await pipe.execute()
-        timers = [t for i, t in enumerate(tasks) if t.wait and replies[i]]
+        """Drop wait timers that lost to their signal; complete tasks whose result is cached.
+        (Tasks of stopped workflows never get here: the worker drops them at once.)"""
+        timers = [t for t in tasks if t.wait]
         won = dict(zip(map(id, timers), await self.store.claim_timers(timers), strict=True))
+        cached: dict[int, bytes | None] = {}
+        lookups = [t for t in tasks if not t.wait and self._cached_step(t)]
+        if lookups:
+            keys = [self.store.keys.cache(cache_digest(t)) for t in lookups]
+            cached = dict(zip(map(id, lookups), await self.store.redis.mget(keys), strict=True))
         keep = []
-        for i, t in enumerate(tasks):
-            if not replies[i] or (t.wait and not won[id(t)]):
+        for t in tasks:
+            hit = cached.get(id(t))
+            if t.wait and not won[id(t)]:
                 out.settled.append((t, Outcome(self.store.transitions.ack(t), "dropped")))
-            elif i in cache_of and replies[cache_of[i]] is not None:
-                out.settled.append((t, self.runner.from_cache(t, replies[cache_of[i]])))
+            elif hit is not None:
+                out.settled.append((t, self.runner.from_cache(t, hit)))
             else:
                 keep.append(t)
         return keep
+
+    def _cached_step(self, task: Task) -> bool:
+        step = self.runner.app.step(task.workflow, task.step)
+        return step is not None and bool(step.cache_ttl)
 
     async def _acquire(self, tasks: list[Task], out: Admitted) -> list[Task]:
         """Ask every limit of ``tasks`` at once; a task runs only if all its limits agree."""

@@ -1,9 +1,13 @@
-"""Tells running steps that their workflow was cancelled (``ctx.cancelled``).
+"""Which workflows stopped early (cancelled, or failed with tasks possibly left), mirrored
+in the worker so its tasks are dropped unrun and its running steps see ``ctx.cancelled``,
+with no round trip per task.
 
-cancel.lua PUBLISHes the id on its partition's cancel channel; this listener sets the event
-shared by the steps of that workflow running here. Pub/sub can drop a message on a reconnect:
-that only means a step does not learn early. Its result is discarded at commit all the same
-(the task is no longer active), and admission drops tasks of cancelled workflows unrun.
+The stopped sets (one per partition, see Keys.stopped) hold every such workflow for the
+retention period; each addition ('stop <id>') and each removal by a replay ('resume <id>')
+is PUBLISHed on a channel of the same name. The worker
+subscribes first and then loads the sets, at start and after every reconnect, so nothing
+announced while it was away is missed. A task read in the instant before the announcement
+arrives runs; its result is discarded at commit all the same (its task is no longer active).
 """
 
 from __future__ import annotations
@@ -11,58 +15,71 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 from typing import Any
 
+from ..storage.store import Store, now_ms
 from .resilience import Backoff
 
 log = logging.getLogger("conveyor.worker")
 
+PRUNE_ABOVE = 100_000  # forget entries past the retention once the mirror grows this big
 
-class CancelWatch:
-    def __init__(self, redis: Any, channels: list[str]) -> None:
-        self.redis = redis
-        self.channels = channels
-        self.events: dict[str, tuple[threading.Event, int]] = {}  # workflow id -> (event, users)
 
-    def acquire(self, workflow_id: str) -> threading.Event:
-        event, users = self.events.get(workflow_id, (None, 0))
-        if event is None:
-            event = threading.Event()
-        self.events[workflow_id] = (event, users + 1)
-        return event
+class StoppedWorkflows:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.ids: dict[str, int] = {}  # workflow id -> when it stopped (ms)
+        partitions = range(store.settings.partitions)
+        self.channels = [store.keys.stopped_channel(p) for p in partitions]
+        self.pubsub: Any = None
 
-    def release(self, workflow_id: str) -> None:
-        event, users = self.events.get(workflow_id, (None, 0))
-        if event is None:
+    def __contains__(self, workflow_id: object) -> bool:
+        return workflow_id in self.ids
+
+    async def start(self) -> None:
+        """Subscribe, then load what stopped within the retention period (once: after that,
+        :meth:`run` resubscribes and reloads by itself when its connection drops)."""
+        if self.pubsub is not None:
             return
-        if users <= 1:
-            del self.events[workflow_id]
-        else:
-            self.events[workflow_id] = (event, users - 1)
-
-    def cancelled(self, workflow_id: str) -> None:
-        found = self.events.get(workflow_id)
-        if found is not None:
-            log.info("workflow %s was cancelled: flagging its running steps", workflow_id)
-            found[0].set()
+        self.pubsub = self.store.redis.pubsub()
+        await self.pubsub.subscribe(*self.channels)
+        since = now_ms() - int(self.store.settings.retention * 1000)
+        self.ids = await self.store.stopped_since(since)
 
     async def run(self, stop: asyncio.Event) -> None:
         backoff = Backoff(cap=2.0)
         while not stop.is_set():
-            pubsub = self.redis.pubsub()
             try:
-                await pubsub.subscribe(*self.channels)
+                if self.pubsub is None:
+                    await self.start()
+                message = await self.pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
                 backoff.reset()
-                while not stop.is_set():
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
-                    if message is not None:
-                        data = message.get("data")
-                        self.cancelled(data.decode() if isinstance(data, bytes) else str(data))
+                if message is not None:
+                    self._apply(message.get("data"))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                await backoff.wait("listening for cancellations", exc)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                await self._close()  # resubscribe and reload: a message may have been lost
+                await backoff.wait("listening for stopped workflows", exc)
+        await self._close()
+
+    def _apply(self, data: bytes | str) -> None:
+        """'stop <id>' (cancelled or failed) or 'resume <id>' (replayed from dead letters)."""
+        text = data.decode() if isinstance(data, bytes) else str(data)
+        what, _, workflow_id = text.partition(" ")
+        if what == "stop":
+            self.ids[workflow_id] = now_ms()
+            if len(self.ids) > PRUNE_ABOVE:
+                self._prune()
+        elif what == "resume":
+            self.ids.pop(workflow_id, None)
+
+    def _prune(self) -> None:
+        oldest = now_ms() - int(self.store.settings.retention * 1000)
+        self.ids = {i: at for i, at in self.ids.items() if at >= oldest}
+
+    async def _close(self) -> None:
+        if self.pubsub is not None:
+            pubsub, self.pubsub = self.pubsub, None
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()

@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import threading
 import time
 import traceback
+from collections.abc import Container
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import copy_context
 from dataclasses import dataclass
@@ -65,8 +65,16 @@ class Outcome:
 
 
 class StepRunner:
-    def __init__(self, app: App, store: Store, worker_name: str, threads: int) -> None:
+    def __init__(
+        self,
+        app: App,
+        store: Store,
+        worker_name: str,
+        threads: int,
+        stopped: Container[str] | None = None,
+    ) -> None:
         self.app = app
+        self.stopped = stopped  # workflows that stopped early (ctx.cancelled)
         self.store = store
         self.t = store.transitions
         self.advance = Advancer(app, store.transitions)
@@ -76,7 +84,7 @@ class StepRunner:
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
-    def context(self, task: Task, step: Step, cancel: threading.Event | None = None) -> StepContext:
+    def context(self, task: Task, step: Step) -> StepContext:
         return StepContext(
             workflow_id=task.workflow_id,
             workflow=task.workflow,
@@ -87,7 +95,7 @@ class StepRunner:
             deadline=time.time() + step.timeout if step.timeout else None,
             worker=self.worker_name,
             request_id=task.request_id,
-            cancel_event=cancel,
+            stopped_workflows=self.stopped,
         )
 
     def step_of(self, task: Task) -> Step:
@@ -96,12 +104,12 @@ class StepRunner:
             raise UnknownStepError(f"this worker's app defines no step {task.workflow}.{task.step}")
         return step
 
-    async def run(self, task: Task, cancel: threading.Event | None = None) -> Outcome:
+    async def run(self, task: Task) -> Outcome:
         started = now_ms()
         step: Step | None = None
         try:
             step = self.step_of(task)
-            ctx = self.context(task, step, cancel)
+            ctx = self.context(task, step)
             args: tuple[Any, ...] = (ctx,)
             if step.takes_input:
                 args = (ctx, step.convert_input(codec.loads(task.input)))
@@ -112,12 +120,10 @@ class StepRunner:
         except Exception as exc:
             return self.failure(task, step, exc, started)
 
-    async def run_batch(
-        self, step: Step, tasks: list[Task], cancels: list[threading.Event | None]
-    ) -> list[Outcome]:
+    async def run_batch(self, step: Step, tasks: list[Task]) -> list[Outcome]:
         """Run a batched step once for ``tasks`` (one input each); one outcome per task."""
         started = now_ms()
-        contexts = [self.context(t, step, c) for t, c in zip(tasks, cancels, strict=True)]
+        contexts = [self.context(t, step) for t in tasks]
         try:
             inputs = [step.convert_input(codec.loads(t.input)) for t in tasks]
             batch = BatchContext(

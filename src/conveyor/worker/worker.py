@@ -20,8 +20,9 @@ from ..storage.records import Task
 from ..storage.store import Store, now_ms
 from ..workflow import Step
 from .admission import Admission
+from .advance import CANCEL_FRAME
 from .batcher import Batcher
-from .cancels import CancelWatch
+from .cancels import StoppedWorkflows
 from .committer import Committer, Stats
 from .inflight import Capacity, InFlight
 from .lease import LeaseKeeper
@@ -86,8 +87,9 @@ class Worker:
         self.stats = Stats()
         self.capacity = Capacity(concurrency)
         self.inflight = InFlight()
+        self.stopped = StoppedWorkflows(self.store)
         # one thread per slot: a sync step never waits for a thread (its timeout would count it)
-        self.runner = StepRunner(app, self.store, self.name, threads or concurrency)
+        self.runner = StepRunner(app, self.store, self.name, threads or concurrency, self.stopped)
         self.committer = Committer(self.store, self.stats, self._committed, self._retried)
         self.reader = Reader(
             self.store,
@@ -109,12 +111,19 @@ class Worker:
         self.admission = Admission(
             self.store, self.runner, self.limiter, lease=self.settings.visibility_timeout
         )
-        partitions = range(self.settings.partitions)
-        self.cancels = CancelWatch(
-            self.redis, [self.store.keys.cancel_channel(p) for p in partitions]
-        )
+        # steps whose tasks go through admission (a round trip) before they run
+        self._admitted = {
+            (s.workflow_name, s.name)
+            for wf in app.workflows.values()
+            for s in wf.steps.values()
+            if s.cache_ttl or s.rate_limit or s.max_concurrency
+        }
         self.batchers: dict[tuple[str, str], Batcher] = {}
         self._to_admit: list[Task] = []
+        for wf in app.workflows.values():
+            for step in wf.steps.values():
+                if step.batch_size:
+                    self.batchers[(wf.name, step.name)] = Batcher(step, self._launch_batch)
         self.drain_timeout = drain_timeout
         self.promote_interval = promote_interval
         self.trim_interval = trim_interval
@@ -125,6 +134,7 @@ class Worker:
         self._running: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[Any]] = []
         self._started = False
+        self._start_lock = asyncio.Lock()
         self._stopped = False
 
     def __repr__(self) -> str:
@@ -141,6 +151,7 @@ class Worker:
 
     async def _setup(self) -> None:
         await self.store.check_partitions()
+        await self.stopped.start()  # before the first read: a stopped workflow's tasks drop
         await self.store.scripts.load_all(self.redis)
         await self.store.ensure_groups(self.queues)
         await self.store.register(
@@ -157,7 +168,12 @@ class Worker:
         )
 
     async def start(self) -> None:
-        """Connect (waiting out a Redis outage), prepare the streams, start the loops."""
+        """Connect (waiting out a Redis outage), prepare the streams, start the loops. Safe to
+        call more than once, also concurrently (``run`` calls it too)."""
+        async with self._start_lock:
+            await self._start()
+
+    async def _start(self) -> None:
         if self._started:
             return
         backoff = Backoff(cap=2.0)
@@ -181,7 +197,7 @@ class Worker:
         self._lease_task = asyncio.create_task(
             every(max(0.5, vt / 3), "renewing leases", self._renew, self.closed)
         )
-        self._cancel_task = asyncio.create_task(self.cancels.run(self.closed))
+        self._cancel_task = asyncio.create_task(self.stopped.run(self.closed))
         self._loops = [
             asyncio.create_task(self.promoter.run(stop), name="conveyor-promoter"),
             asyncio.create_task(
@@ -324,7 +340,14 @@ class Worker:
             call = self.runner.dead_letter(task, reason, "DeliveryLimitExceeded")
             self.committer.submit(call, task, "dead")
             return
+        if task.workflow_id in self.stopped and task.frame != CANCEL_FRAME:
+            # cancelled or failed: drop it unrun (all but its on_cancel step)
+            self.committer.submit(self.store.transitions.ack(task), task, "dropped")
+            return
         self.capacity.take()
+        if not task.wait and (task.workflow, task.step) not in self._admitted:
+            self._run(task)
+            return
         # admit the tasks of one read together (one round trip), once the read is dispatched
         if not self._to_admit:
             asyncio.get_running_loop().call_soon(self._admit_soon)
@@ -355,14 +378,16 @@ class Worker:
             self.capacity.release()
             self._settle(task, outcome)
         for task in admitted.run:
-            step = self.app.step(task.workflow, task.step)
-            if step is not None and step.batch_size:
-                key = (step.workflow_name, step.name)
-                if key not in self.batchers:
-                    self.batchers[key] = Batcher(step, self._launch_batch)
-                self.batchers[key].add(task)
-            else:
-                self._spawn(self._execute(task))
+            self._run(task)
+
+    def _run(self, task: Task) -> None:
+        """Run an admitted task: alone, or with others in its step's next batch."""
+        key = (task.workflow, task.step)
+        batcher = self.batchers.get(key)
+        if batcher is not None:
+            batcher.add(task)
+        else:
+            self._spawn(self._execute(task))
 
     def _settle(self, task: Task, outcome: Outcome) -> None:
         self.committer.submit(outcome.call, task, outcome.kind)
@@ -370,25 +395,21 @@ class Worker:
             self._spawn(self.admission.after(task, outcome))
 
     async def _execute(self, task: Task) -> None:
-        cancel = self.cancels.acquire(task.workflow_id)
         try:
-            outcome = await self.runner.run(task, cancel)
+            outcome = await self.runner.run(task)
         finally:
             self.capacity.release()
-            self.cancels.release(task.workflow_id)
         self._settle(task, outcome)
 
     def _launch_batch(self, step: Step, tasks: list[Task]) -> None:
         self._spawn(self._execute_batch(step, tasks))
 
     async def _execute_batch(self, step: Step, tasks: list[Task]) -> None:
-        cancels = [self.cancels.acquire(t.workflow_id) for t in tasks]
         try:
-            outcomes = await self.runner.run_batch(step, tasks, list(cancels))
+            outcomes = await self.runner.run_batch(step, tasks)
         finally:
-            for task in tasks:
+            for _ in tasks:
                 self.capacity.release()
-                self.cancels.release(task.workflow_id)
         for task, outcome in zip(tasks, outcomes, strict=True):
             self._settle(task, outcome)
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import threading
 import time
+from collections.abc import Container
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,12 +36,13 @@ class StepContext:
     deadline: float | None = None
     worker: str = ""
     request_id: str | None = None
-    cancel_event: threading.Event | None = field(default=None, repr=False)
+    #: the worker's mirror of workflows that stopped early (read by ``cancelled``)
+    stopped_workflows: Container[str] | None = field(default=None, repr=False)
     charged: float | None = field(default=None, repr=False)
 
     @property
     def cancelled(self) -> bool:
-        return self.cancel_event is not None and self.cancel_event.is_set()
+        return self.stopped_workflows is not None and self.workflow_id in self.stopped_workflows
 
     def charge(self, units: float) -> None:
         """Report what this step really used of its rate limit (``Limit`` with a cost, e.g.

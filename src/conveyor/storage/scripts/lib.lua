@@ -9,6 +9,8 @@
 --   channel        pub/sub channel announcing finished workflows
 --   retention      seconds a finished workflow is kept
 --   pkey, pstream  the parent's state hash and the stream its continuation goes to (children)
+--   stopped        the partition's set of workflows that stopped early (failed, cancelled);
+--                  also the name of the channel announcing them to workers (ctx.cancelled)
 --
 -- Task numbers: 'seq' counts every task a workflow ever created; 't:<n>' marks task n active.
 -- A transition only acts on a task while its 't:<n>' exists, so a redelivered, cancelled or
@@ -124,17 +126,29 @@ end
 -- End a workflow: deactivate every task and wait, record the outcome, start the retention
 -- clock, announce it, and resume the parent of a child workflow.
 local function finish(W, status, field, value)
-  local drop = {}
-  for _, f in ipairs(redis.call('HKEYS', W.key)) do
-    local p = string.sub(f, 1, 2)
-    if p == 't:' or p == 'w:' then drop[#drop + 1] = f end
+  if status ~= 'completed' then
+    -- a workflow completes only from its top level, with nothing else active (branches
+    -- join first, a wait or child resumes it); stopping early may leave tasks and waits
+    local drop = {}
+    for _, f in ipairs(redis.call('HKEYS', W.key)) do
+      local p = string.sub(f, 1, 2)
+      if p == 't:' or p == 'w:' then drop[#drop + 1] = f end
+    end
+    hdel_all(W.key, drop)
   end
-  hdel_all(W.key, drop)
   redis.call('HSET', W.key, 'status', status, field, value, 'finished_at', W.now,
     'updated_at', W.now)
   redis.call('EXPIRE', W.key, W.retention)
   redis.call('EXPIRE', W.history, W.retention)
   redis.call('PUBLISH', W.channel, W.id)
+  if status ~= 'completed' then
+    -- tasks of it may still be queued (fan-out branches, a cancelled step): workers mirror
+    -- this set and drop them unrun; entries older than the retention are forgotten
+    local now = tonumber(W.now)
+    redis.call('ZADD', W.stopped, now, W.id)
+    redis.call('ZREMRANGEBYSCORE', W.stopped, '-inf', now - tonumber(W.retention) * 1000)
+    redis.call('PUBLISH', W.stopped, 'stop ' .. W.id)  -- a channel named like the set
+  end
   resume_parent(W, status, value)
 end
 

@@ -4,6 +4,8 @@
 -- KEYS[2]  workflow state hash
 -- KEYS[3]  workflow history list
 -- KEYS[4]  task stream of the failed step's queue
+-- KEYS[5]  the partition's set of workflows that stopped early (it leaves it, and workers
+--          are told on the channel of the same name)
 -- ARGV[1]  dead-letter entry id
 -- ARGV[2]  now, ms since the epoch
 --
@@ -43,4 +45,6 @@ for _, name in ipairs({'request_id', 'parent', 'frame'}) do
 end
 redis.call('XADD', KEYS[4], '*', unpack(fields))
 redis.call('XDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[5], e.workflow_id)
+redis.call('PUBLISH', KEYS[5], 'resume ' .. e.workflow_id)
 return {0, e.workflow_id}
