@@ -216,22 +216,27 @@ class Store:
     def parse_entry(self, stream: str, entry_id: bytes, fields: dict[bytes, bytes]) -> Task:
         """Decode an entry's routing fields; raises KeyError/ValueError for a poison entry."""
         partition, queue = self.stream_info(stream)
+        get = fields.get
+        # positional, and the optional fields decoded inline: this runs once per task
+        request_id, frame, parent, wait = (
+            get(b"request_id"), get(b"frame"), get(b"parent"), get(b"wait"),
+        )  # fmt: skip
         return Task(
-            stream=stream,
-            entry_id=entry_id,
-            partition=partition,
-            queue=queue,
-            workflow_id=fields[b"workflow_id"].decode(),
-            workflow=fields[b"workflow"].decode(),
-            step=fields[b"step"].decode(),
-            task=int(fields[b"task"]),
-            attempt=int(fields[b"attempt"]),
-            input=fields.get(b"input") or b"null",
-            state=fields.get(b"state"),
-            request_id=_text(fields.get(b"request_id")),
-            frame=_text(fields.get(b"frame")) or "",
-            parent=_text(fields.get(b"parent")) or "",
-            wait=_text(fields.get(b"wait")),
+            stream,
+            entry_id,
+            partition,
+            queue,
+            fields[b"workflow_id"].decode(),
+            fields[b"workflow"].decode(),
+            fields[b"step"].decode(),
+            int(fields[b"task"]),
+            int(fields[b"attempt"]),
+            get(b"input") or b"null",
+            get(b"state"),
+            request_id.decode() if request_id else None,
+            frame.decode() if frame else "",
+            parent.decode() if parent else "",
+            wait.decode() if wait else None,
         )
 
     async def read(

@@ -124,22 +124,23 @@ local function apply(K, A)
     end
     return 0
   end
-  redis.call('HSET', W.key, 'updated_at', W.now)
   if action == 'next' or action == 'sleep' then
     local step = A[13]
-    local seq = new_task(W, step)
+    -- the hot path: one HSET registers the task and records where the workflow is
+    local seq = new_task(W, step, frame == '' and {'step', step, 'updated_at', W.now}
+      or {'updated_at', W.now})
     if not seq then
       fail_budget(W); return 0
-    end
-    if frame == '' then
-      redis.call('HSET', W.key, 'step', step)
     end
     if action == 'next' then
       enqueue(K[7], W, step, seq, A[14], frame)
     else
       schedule(K[7], W, step, seq, A[14], frame, A[15])
     end
-  elseif action == 'fan_out' then
+    return 0
+  end
+  redis.call('HSET', W.key, 'updated_at', W.now)
+  if action == 'fan_out' then
     local n = #A - 16
     local gid = redis.call('HINCRBY', W.key, 'groups', 1)
     if n == 0 then
@@ -213,9 +214,7 @@ local codes = {}
 local k, a = 0, 2
 while a < #ARGV do
   local nk, na = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
-  local K, A = {}, {}
-  for i = 1, nk do K[i] = KEYS[k + i] end
-  for i = 1, na do A[i] = ARGV[a + 2 + i] end
+  local K, A = {unpack(KEYS, k + 1, k + nk)}, {unpack(ARGV, a + 3, a + 2 + na)}
   codes[#codes + 1] = apply(K, A)
   k, a = k + nk, a + 2 + na
 end

@@ -75,7 +75,8 @@ local function hdel_all(key, fields)
 end
 
 -- Allocate and activate the next task number, or nil when the step budget is spent.
-local function new_task(W, step)
+-- `fields` (optional): more field, value pairs written by the same HSET.
+local function new_task(W, step, fields)
   local seq = redis.call('HINCRBY', W.key, 'seq', 1)
   if W.max_steps == nil then
     W.max_steps = tonumber(redis.call('HGET', W.key, 'max_steps') or '0') or 0
@@ -83,7 +84,11 @@ local function new_task(W, step)
   if W.max_steps > 0 and seq > W.max_steps then
     return nil
   end
-  redis.call('HSET', W.key, 't:' .. seq, step)
+  if fields then
+    redis.call('HSET', W.key, 't:' .. seq, step, unpack(fields))
+  else
+    redis.call('HSET', W.key, 't:' .. seq, step)
+  end
   return seq
 end
 
