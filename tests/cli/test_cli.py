@@ -45,7 +45,7 @@ def env(redis7: EmbeddedRedis, namespace: str) -> dict[str, str]:
 def test_help_lists_the_commands() -> None:
     result = conveyor("--help")
     assert result.returncode == 0
-    for command in ("worker", "dev", "start", "status", "cancel", "dlq"):
+    for command in ("worker", "dev", "start", "status", "cancel", "signal", "dlq"):
         assert re.search(rf"│ {command}\s", result.stdout), command
     assert conveyor("dlq", "--help").returncode == 0
 
@@ -135,6 +135,52 @@ def test_dlq_list_replay_drop(redis7: EmbeddedRedis, namespace: str, env: dict[s
         dropped = conveyor("dlq", "drop", "--all", env=env)
         assert dropped.returncode == 0 and dropped.stdout.count("dropped") == 2
         assert client.dead_letters() == [] and len(ids) == 3
+
+
+def test_signal_delayed_start_and_budget(
+    redis7: EmbeddedRedis, namespace: str, env: dict[str, str]
+) -> None:
+    """`conveyor signal` resumes a waiting workflow; `start --delay --max-steps` reach the
+    engine; a workflow's waits show in `conveyor status`; bad input is a one-line error."""
+    import asyncio
+
+    from conveyor import wait
+
+    wf = Workflow("gate")
+
+    @wf.step(start=True)
+    async def ask(ctx, x):
+        return wait("approval", then=answer)
+
+    @wf.step
+    async def answer(ctx, payload):
+        return {"got": payload, "max": ctx.attempt}
+
+    app = App([wf], redis_url=redis7.url, namespace=namespace, partitions=4)
+    with Client(app=app) as client:
+        asyncio.run(Worker(app, block_ms=50).run(until_idle=True))  # registers the workflow
+        started = conveyor("start", "gate", "--input", "1", "--delay", "0.2", "--max-steps",
+                           "7", env=env)  # fmt: skip
+        assert started.returncode == 0, started.stderr
+        wf_id = started.stdout.strip()
+        asyncio.run(Worker(app, block_ms=50, promote_interval=0.02).run(until_idle=True))
+        status = conveyor("status", wf_id, env={**env, "COLUMNS": "200"})
+        assert "waiting" in status.stdout and "waiting for signal approval" in status.stdout
+        assert "tasks: 2 of 7" in status.stdout
+        sent = conveyor("signal", wf_id, "approval", "--payload", '{"ok": true}', env=env)
+        assert sent.returncode == 0 and sent.stdout.split() == [wf_id, "approval", "delivered"]
+        asyncio.run(Worker(app, block_ms=50).run(until_idle=True))
+        assert client.result(wf_id, timeout=5) == {"got": {"ok": True}, "max": 1}
+        assert_one_line_error(
+            conveyor("signal", wf_id, "approval", env=env), "has already finished"
+        )
+        assert_one_line_error(
+            conveyor("signal", wf_id, "approval", "--payload", "{x", env=env),
+            "--payload is not valid JSON",
+        )
+        negative = conveyor("start", "gate", "--delay", "-1", env=env)  # typer's usage error
+        assert negative.returncode == 2 and "Traceback" not in negative.stderr
+        assert "Invalid value for '--delay'" in negative.stderr
 
 
 def test_dev_runs_embedded_redis_and_worker(tmp_path: Path) -> None:

@@ -197,3 +197,92 @@ def test_backoff_is_exponential_capped_and_jittered() -> None:
         compute_backoff(policy, 0)
     with pytest.raises(ValueError, match="jitter"):
         RetryPolicy(jitter=2)
+
+
+# -- flow control (issue 3) ----------------------------------------------------------------------
+
+
+def test_flow_step_options_are_checked_at_definition() -> None:
+    wf = Workflow("opts")
+
+    def f(ctx, x):
+        return x
+
+    bad = [
+        ({"cache_ttl": 0}, "cache_ttl must be > 0"),
+        ({"max_concurrency": 2}, "concurrency_key and max_concurrency go together"),
+        ({"concurrency_key": lambda x: x}, "concurrency_key and max_concurrency go together"),
+        ({"concurrency_key": lambda x: x, "max_concurrency": 0}, "at least 1"),
+        ({"batch_size": 0}, "batch_size must be at least 1"),
+        ({"batch_wait_ms": -1}, "batch_wait_ms must be >= 0"),
+        ({"rate_limit": "fast"}, "fast"),
+        ({"rate_limit": "0/s"}, "0/s"),
+    ]
+    for options, message in bad:
+        with pytest.raises(DefinitionError, match=message):
+            wf.step(f, name="s", **options)  # type: ignore[arg-type]
+        assert "s" not in wf.steps  # a refused step is not half-registered
+    wf.step(f, name="ok", rate_limit="100/s", cache_ttl=5)
+    assert wf.steps["ok"].rate_limit is not None and wf.steps["ok"].rate_limit.name == "opts.ok"
+
+    def no_input(ctx):
+        return 1
+
+    with pytest.raises(DefinitionError, match="batched step takes"):
+        wf.step(no_input, batch_size=4)
+
+
+def test_on_cancel_step_rules() -> None:
+    wf = Workflow("c")
+    with pytest.raises(DefinitionError, match="start step cannot be the on_cancel step"):
+        wf.step(lambda ctx, x: x, name="first", start=True, on_cancel=True)
+    wf.step(lambda ctx, x: x, name="main")
+    wf.step(lambda ctx, x: x, name="cleanup", on_cancel=True)
+    with pytest.raises(DefinitionError, match="already has an on_cancel step"):
+        wf.step(lambda ctx, x: x, name="cleanup2", on_cancel=True)
+    assert wf.on_cancel_step is wf.steps["cleanup"] and wf.start_step.name == "main"
+    with pytest.raises(DefinitionError, match="max_steps must be a positive integer"):
+        Workflow("w", max_steps=0)
+
+
+def test_flow_outcome_arguments_are_checked() -> None:
+    from conveyor import fan_out, sleep, wait
+
+    with pytest.raises(DefinitionError, match="max_parallel=0"):
+        fan_out("s", [1], then="j", max_parallel=0)
+    with pytest.raises(DefinitionError, match="on_error='skip'"):
+        fan_out("s", [1], then="j", on_error="skip")  # type: ignore[arg-type]
+    with pytest.raises(DefinitionError, match="on_timeout needs a timeout"):
+        wait("go", then="j", on_timeout="k")
+    with pytest.raises(DefinitionError, match="invalid signal name"):
+        wait("no spaces", then="j")
+    with pytest.raises(DefinitionError, match="must be >= 0 seconds"):
+        sleep(-1, then="j")
+    with pytest.raises(TypeError, match="takes a step or a step name"):
+        fan_out(3, [1], then="j")  # type: ignore[arg-type]
+
+
+def test_flow_targets_are_checked_like_goto() -> None:
+    from conveyor import fan_out, wait
+
+    wf = Workflow("targets")
+
+    @wf.step(start=True)
+    def split(ctx, items):
+        return fan_out("missing_branch", items, then="join")
+
+    @wf.step
+    def join(ctx, results):
+        return results
+
+    with pytest.raises(DefinitionError, match="'missing_branch'"):
+        wf.check()
+
+    other = Workflow("waits")
+
+    @other.step(start=True)
+    def ask(ctx, x):
+        return wait("go", then="nowhere")
+
+    with pytest.raises(DefinitionError, match="'nowhere'"):
+        other.check()
