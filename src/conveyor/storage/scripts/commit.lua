@@ -190,7 +190,8 @@ local function apply(K, A)
       fail_budget(W); return 0
     end
     if redis.call('EXISTS', K[7]) == 1 then
-      return 0  -- started before (a replayed step): it resumes this workflow when it ends
+      -- cannot happen (task numbers are unique and a task commits once): never overwrite
+      return 0
     end
     local parent = W.id .. '|' .. seq .. '|' .. step .. '|' .. A[18] .. '|' .. frame
     redis.call('HSET', W.key, 'c:' .. child_id, '1')
