@@ -21,6 +21,7 @@ from .app import App
 from .coalesce import StartCoalescer
 from .errors import (
     ResultTimeoutError,
+    StepBudgetExceededError,
     UnknownWorkflowError,
     WorkflowCancelledError,
     WorkflowFailedError,
@@ -180,6 +181,8 @@ class AsyncClient:
             return status.result
         if status.status == "failed":
             error = status.error.model_dump() if status.error else {}
+            if error.get("type") == "StepBudgetExceeded":
+                raise StepBudgetExceededError(workflow_id, error)
             raise WorkflowFailedError(workflow_id, error)
         raise WorkflowCancelledError(f"workflow {workflow_id} was cancelled")
 

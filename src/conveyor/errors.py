@@ -92,8 +92,9 @@ class RateLimited(ConveyorError):
         self.retry_after = max(0.0, float(retry_after))
 
 
-class StepBudgetExceededError(ConveyorError):
-    """The workflow created more tasks than its ``max_steps`` budget (a runaway loop)."""
+class StepBudgetExceededError(WorkflowFailedError):
+    """The workflow failed because it reached its ``max_steps`` budget (a runaway loop?).
+    Raised by ``result()``; a WorkflowFailedError, so code catching that sees it too."""
 
 
 class SignalError(ConveyorError):

@@ -120,13 +120,38 @@ async def read_all_after_promote(store: Store) -> list[Task]:
     return await read_all(store)
 
 
-async def test_signal_changed_wait_is_reread(store: Store) -> None:
-    """The client reads the wait, then calls the script with it: a stale read is refused
-    (CHANGED) and retried, never applied to the wrong wait."""
+async def test_signal_to_a_wait_on_another_queue_is_redone(store: Store) -> None:
+    """The caller names the stream the waiting step's task goes to; if the wait is on
+    another queue (or gone), the script writes nothing and says which (CHANGED)."""
     wf_id, _ = await wait_for_signal(store, 60_000)
     key = store.keys.workflow(wf_id)
-    argv = ["ok", b"1", 1, b'{"stale":1}', 60, wf_id]
-    keys = [key, store.keys.signals(wf_id, "ok"), store.keys.stream(0, "default")]
-    code, _ = await store.scripts.call(store.redis, "signal", keys, argv)
-    assert code == ScriptCode.CHANGED
+    keys = [key, store.keys.signals(wf_id, "ok"), store.keys.stream(0, "other")]
+    argv = ["ok", b"1", 1, "other", 60, wf_id]
+    assert await store.scripts.call(store.redis, "signal", keys, argv) == [
+        ScriptCode.CHANGED,
+        b"default",
+    ]
+    assert (await store.get(wf_id)).status == "waiting"  # nothing written
     assert await store.signal(wf_id, "ok", 1) == "delivered"
+
+
+async def test_parallel_waits_for_one_signal_resolve_oldest_first(store: Store) -> None:
+    """Two branches wait for the same signal: each signal resumes one of them, in order."""
+    wf_id, branches = await fan_out(store, [1, 2])
+    for branch in branches:
+        call = store.transitions.wait(
+            branch, rec(branch), 1, b"", signal="ok", step="branch2", queue="default",
+            timeout_ms=None, timer_step="branch2", timer_queue="default", marker=b"{}",
+        )  # fmt: skip
+        assert await store.commit([call]) == [ScriptCode.OK]
+    st = await store.get(wf_id)
+    assert st.status == "waiting" and st.waiting_for == ["ok", "ok"]
+    assert await store.signal(wf_id, "ok", "a") == "delivered"
+    assert (await store.get(wf_id)).status == "waiting"  # one wait left
+    assert await store.signal(wf_id, "ok", "b") == "delivered"
+    resumed = await read_all(store)
+    assert [(t.frame.split("|")[1], codec.loads(t.input)) for t in resumed] == [
+        ("1", "a"), ("2", "b"),
+    ]  # fmt: skip
+    assert (await store.get(wf_id)).status == "running"
+    assert await store.signal(wf_id, "ok", "c") == "buffered"

@@ -16,6 +16,7 @@ from conveyor import (
     App,
     AsyncClient,
     SignalError,
+    StepBudgetExceededError,
     Worker,
     Workflow,
     WorkflowFailedError,
@@ -475,8 +476,9 @@ async def test_runaway_loop_stops_at_the_step_budget(
     wf_id = await client.start("loop", 0)
     bigger = await client.start("loop", 0, max_steps=20)
     await drain(app)
-    with pytest.raises(WorkflowFailedError, match="budget of 8 steps"):
+    with pytest.raises(StepBudgetExceededError, match="budget of 8 steps") as caught:
         await client.result(wf_id, timeout=1)
+    assert isinstance(caught.value, WorkflowFailedError)
     st = await client.status(wf_id)
     assert st.error is not None and st.error.type == "StepBudgetExceeded"
     assert len(st.history) == 8 and st.max_steps == 8

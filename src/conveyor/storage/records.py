@@ -101,7 +101,8 @@ class WorkflowStatus(BaseModel):
             if name.startswith(b"w:"):
                 wait = codec.loads(value)
                 waits.append(WaitInfo(
-                    signal=name[2:].decode(), step=wait["step"], since=from_ms(wait.get("since")),
+                    signal=name[2:].decode().rpartition(":")[0], step=wait["step"],
+                    since=from_ms(wait.get("since")),
                     deadline=from_ms(wait.get("deadline")),
                 ))  # fmt: skip
             elif name.startswith(b"c:"):

@@ -450,12 +450,10 @@ class Store:
         key = self.keys.workflow(workflow_id, partition)
         buffer = self.keys.signals(workflow_id, name, partition)
         body = codec.dumps(payload)
-        for _ in range(10):  # re-read when the wait changed between the read and the script
-            record = await self.redis.hget(key, f"w:{name}")
-            stream = key
-            if record:
-                stream = self.keys.stream(partition, codec.loads(record)["queue"])
-            argv = [name, body, now_ms(), record or "", self._retention, workflow_id]
+        queue = ""  # the queue of the waiting step, as the script tells (CHANGED) if any
+        for _ in range(10):
+            stream = self.keys.stream(partition, queue) if queue else key
+            argv = [name, body, now_ms(), queue, self._retention, workflow_id]
             code, detail = await self.scripts.call(
                 self.redis, "signal", [key, buffer, stream], argv
             )
@@ -469,6 +467,7 @@ class Store:
                 )
             if code == ScriptCode.OK:
                 return detail
+            queue = detail
         raise SignalError(f"signal {name!r} to {workflow_id}: the wait kept changing; retry")
 
     async def stopped_since(self, since_ms: int) -> dict[str, int]:

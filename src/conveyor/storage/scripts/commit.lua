@@ -182,7 +182,9 @@ local function apply(K, A)
       record.deadline = tonumber(W.now) + tonumber(A[16])
       schedule(K[9], W, A[17], seq, A[18], frame, A[16], {'wait', name})
     end
-    redis.call('HSET', W.key, 'w:' .. name, cjson.encode(record), 'status', 'waiting')
+    -- one field per wait ('w:<signal>:<task>'): parallel branches may wait for the same signal
+    redis.call('HSET', W.key, 'w:' .. name .. ':' .. seq, cjson.encode(record),
+      'status', 'waiting')
   elseif action == 'child' then
     local child_id, step = A[13], A[17]
     local seq = new_task(W, step)

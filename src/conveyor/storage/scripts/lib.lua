@@ -82,6 +82,7 @@ local function new_task(W, step, fields)
     W.max_steps = tonumber(redis.call('HGET', W.key, 'max_steps') or '0') or 0
   end
   if W.max_steps > 0 and seq > W.max_steps then
+    W.refused = step  -- named in the budget error
     return nil
   end
   if fields then
@@ -125,6 +126,9 @@ local function resume_parent(W, status, value)
   local P = {id = pid, name = p[1], request_id = p[2] or '', parent = p[3] or '',
     state = p[4] or ''}
   redis.call('HSET', W.pkey, 'updated_at', W.now)
+  if frame == '' then
+    redis.call('HSET', W.pkey, 'step', step)
+  end
   enqueue(W.pstream, P, step, n, input, frame)
 end
 
@@ -159,9 +163,9 @@ end
 
 local function fail_budget(W)
   local max = W.max_steps or 0
-  finish(W, 'failed', 'error', error_json('StepBudgetExceeded',
-    'workflow ' .. W.name .. ' ' .. W.id .. ' reached its budget of ' .. max ..
-    ' steps (max_steps); is a loop running away?'))
+  finish(W, 'failed', 'error', cjson.encode({type = 'StepBudgetExceeded', step = W.refused,
+    message = 'workflow ' .. W.name .. ' ' .. W.id .. ' reached its budget of ' .. max ..
+    ' steps (max_steps) before step ' .. tostring(W.refused) .. '; is a loop running away?'}))
 end
 
 -- A branch of fan-out group <gid> returned `value` (frame '<gid>|<i>|<step>|<join>'): store
@@ -201,7 +205,7 @@ local function branch_return(W, frame, value, join_stream, branch_stream)
   end
   fields[#fields + 1] = gkey
   hdel_all(W.key, fields)
-  local seq = new_task(W, g.join)
+  local seq = new_task(W, g.join, g.frame == '' and {'step', g.join} or nil)
   if not seq then
     return fail_budget(W)
   end
