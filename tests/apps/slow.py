@@ -9,7 +9,7 @@ import os
 
 import redis.asyncio as aredis
 
-from conveyor import App, Workflow
+from conveyor import App, Workflow, fan_out
 
 STEP_SECONDS = float(os.environ.get("TEST_STEP_SECONDS", "0.3"))
 _clients: dict[int, aredis.Redis] = {}
@@ -45,4 +45,27 @@ async def store(ctx, n):
 
 
 slow = Workflow.pipeline("slow", [fetch, enrich, store])
-app = App(workflows=[slow])
+
+# fan-out under crashes: split -> 6 slow branches -> one join
+fan = Workflow("fan")
+
+
+@fan.step(start=True)
+async def split(ctx, n):
+    return fan_out(branch, [n * 10 + i for i in range(6)], then=join)
+
+
+@fan.step
+async def branch(ctx, x):
+    await _ran(ctx)
+    return x * 2
+
+
+@fan.step
+async def join(ctx, results):
+    ns = os.environ["CONVEYOR_NAMESPACE"]
+    await _redis().incr(f"{ns}:joins:{ctx.workflow_id}")
+    return results
+
+
+app = App(workflows=[slow, fan])

@@ -66,7 +66,7 @@ async def setup(
         "CONVEYOR_VISIBILITY_TIMEOUT",
     ):
         monkeypatch.setenv(key, env[key])
-    app = App(workflows=[slow.slow])
+    app = App(workflows=[slow.slow, slow.fan])
     client = AsyncClient(app=app)
     r = aredis.Redis.from_url(server.url)
     yield app, client, r, env
@@ -242,3 +242,27 @@ async def test_timers_and_waits_survive_redis_kill_and_a_new_worker(
     assert results == {"sleep": "slept", "timeout": "timed out", "wait": "signalled"}
     assert await client.result(delayed, timeout=5) == "slept"
     await client.close()
+
+
+async def test_sigkill_mid_fan_out_joins_exactly_once(setup: Any, namespace: str) -> None:
+    """A worker killed while branches of fan-outs run: another worker takes them over; each
+    join runs once (one join task committed) with every branch's result in item order."""
+    app, client, r, env = setup
+    ids = [await client.start("fan", n) for n in range(4)]
+    doomed = spawn_worker(env, "--concurrency", "8")
+    try:
+        await wait_for(lambda: _int(r.get(f"{namespace}:running"), 6), 15, "branches to start")
+        doomed.send_signal(signal.SIGKILL)
+    finally:
+        doomed.kill()
+        doomed.communicate(timeout=10)
+    rescuer = Worker(app, block_ms=50, reclaim_interval=0.2, promote_interval=0.02)
+    await asyncio.wait_for(rescuer.run(until_idle=True), 60)
+    assert rescuer.stats.reclaimed >= 1
+    for n, wf_id in enumerate(ids):
+        st = await client.status(wf_id)
+        assert st.status == "completed", (wf_id, st.status)
+        assert st.result == [(n * 10 + i) * 2 for i in range(6)]
+        completed = [h.step for h in st.history if h.status == "completed"]
+        assert completed.count("branch") == 6 and completed.count("join") == 1
+        assert int(await r.get(f"{namespace}:joins:{wf_id}") or 0) == 1
