@@ -71,8 +71,10 @@ class Admission:
         cached: dict[int, bytes | None] = {}
         lookups = [t for t in tasks if not t.wait and self._cached_step(t)]
         if lookups:
-            keys = [self.store.keys.cache(cache_digest(t)) for t in lookups]
-            cached = dict(zip(map(id, lookups), await self.store.redis.mget(keys), strict=True))
+            pipe = self.store.redis.pipeline(transaction=False)
+            for t in lookups:  # GETs, not one MGET: cache keys hash to any slot (Cluster)
+                pipe.get(self.store.keys.cache(cache_digest(t)))
+            cached = dict(zip(map(id, lookups), await pipe.execute(), strict=True))
         keep = []
         for t in tasks:
             hit = cached.get(id(t))
