@@ -84,6 +84,7 @@ class Store:
         self.scripts = ScriptRegistry()
         self.transitions = Transitions(self.keys, settings)
         self._stream_index: dict[str, tuple[int, str]] = {}
+        self._signal_queues: dict[str, str] = {}  # signal name -> queue its waiter was on
         self._retention = int(settings.retention)
 
     # -- set-up -----------------------------------------------------------------------------
@@ -450,7 +451,9 @@ class Store:
         key = self.keys.workflow(workflow_id, partition)
         buffer = self.keys.signals(workflow_id, name, partition)
         body = codec.dumps(payload)
-        queue = ""  # the queue of the waiting step, as the script tells (CHANGED) if any
+        # the queue of the waiting step: guessed from the last signal of this name (usually
+        # right: one round trip), else the script says which (CHANGED) and we call again
+        queue = self._signal_queues.get(name, "")
         for _ in range(10):
             stream = self.keys.stream(partition, queue) if queue else key
             argv = [name, body, now_ms(), queue, self._retention, workflow_id]
@@ -466,6 +469,10 @@ class Store:
                     f"{name!r} not delivered"
                 )
             if code == ScriptCode.OK:
+                if queue:
+                    if len(self._signal_queues) > 1000:  # many distinct names: stay small
+                        self._signal_queues.clear()
+                    self._signal_queues[name] = queue
                 return detail
             queue = detail
         raise SignalError(f"signal {name!r} to {workflow_id}: the wait kept changing; retry")

@@ -18,6 +18,9 @@ log = logging.getLogger("conveyor.worker")
 
 RawEntry = tuple[str, bytes, dict[bytes, bytes]]
 
+#: Longest a read of only some of the streams blocks (see Reader._block_for).
+PARTIAL_BLOCK_MS = 50
+
 
 class Reader:
     def __init__(
@@ -42,6 +45,18 @@ class Reader:
         self.batch_size = batch_size
         self.block_ms = block_ms
         self.idle_reads = 0  # consecutive reads that returned nothing
+        self._quiet = 0  # streams found empty since the last read that returned entries
+
+    def _block_for(self, reading: int) -> int | None:
+        """How long a read may block. A read of only some streams (fewer free slots than
+        streams) must not sit on empty ones while others hold tasks: it does not block until
+        every stream was found empty, and then only briefly."""
+        total = len(self.rotation.streams)
+        if reading >= total:
+            return self.block_ms
+        if self._quiet < total:
+            return None
+        return min(self.block_ms, PARTIAL_BLOCK_MS)
 
     async def run(self, stopping: asyncio.Event) -> None:
         backoff = Backoff()
@@ -51,7 +66,8 @@ class Reader:
                 return
             streams, count = self.rotation.plan(free, self.batch_size)
             try:
-                entries = await self.store.read(streams, self.consumer, count, self.block_ms)
+                block = self._block_for(len(streams))
+                entries = await self.store.read(streams, self.consumer, count, block)
                 backoff.reset()
             except UNAVAILABLE as exc:
                 await backoff.wait("reading tasks", exc)
@@ -67,6 +83,7 @@ class Reader:
                     log.warning("preparing the streams failed: %s", again)
                 continue
             self.idle_reads = 0 if entries else self.idle_reads + 1
+            self._quiet = 0 if entries else self._quiet + len(streams)
             for entry in entries:
                 self.dispatch(entry, 1)
             if not entries:
