@@ -238,11 +238,16 @@ class Limiter:
     async def take(self, items: list[tuple[Limit, float]]) -> list[float]:
         """Take ``cost`` units of each limit; per item, 0.0 if granted, else the seconds to
         wait before this cost would fit (nothing is taken from a refused limit)."""
+        return [wait for wait, _ in await self.take_counted(items)]
+
+    async def take_counted(self, items: list[tuple[Limit, float]]) -> list[tuple[float, int]]:
+        """As :meth:`take`, with the units still available right after each take (0 when
+        refused): what an HTTP API reports as RateLimit-Remaining."""
         for limit, cost in items:
             if not (math.isfinite(cost) and cost >= 0):
                 raise ValueError(f"invalid cost {cost!r} for limit {limit.name!r}")
         results = await self._run([self._rate("take", limit, cost) for limit, cost in items])
-        return [0.0 if granted else wait_ms / 1000.0 for granted, wait_ms in results]
+        return [(0.0 if r[0] else r[1] / 1000.0, int(r[2]) if len(r) > 2 else 0) for r in results]
 
     async def charge(self, items: list[tuple[Limit, float]]) -> None:
         """Charge units without refusing: what a step really used, less the estimate taken up

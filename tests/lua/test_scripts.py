@@ -105,7 +105,11 @@ async def test_start_creates_state_and_first_task(store: Store, namespace: str) 
     keys = store.keys
     p = keys.partition(wf_id)
     snap = await snapshot(store.redis, namespace)
-    assert set(snap) == {keys.workflow(wf_id), keys.stream(0, "default"), keys.stream(1, "default")}
+    assert set(snap) == {
+        keys.workflow(wf_id), keys.stream(0, "default"), keys.stream(1, "default"),
+        keys.recent(p),
+    }  # fmt: skip
+    assert snap[keys.recent(p)] == [(wf_id.encode(), ANY)]  # indexed for listings
     state = snap[keys.workflow(wf_id)]
     assert state[b"status"] == b"running" and state[b"step"] == b"first"
     assert state[b"t:1"] == b"first" and state[b"seq"] == b"1" and state[b"request_id"] == b"req-1"

@@ -51,6 +51,16 @@ class Keys:
         before they run, with no round trip per task."""
         return f"{self._p(partition)}:stopped"
 
+    def recent(self, partition: int) -> str:
+        """Sorted set of the partition's workflows by start time (ms), for listings; entries
+        older than the retention are trimmed as new ones arrive."""
+        return f"{self._p(partition)}:recent"
+
+    def waiting(self, partition: int) -> str:
+        """Sorted set of the partition's workflows that waited for a signal (score: since,
+        ms): the inbox of waits. Members whose waits ended are removed lazily, when listed."""
+        return f"{self._p(partition)}:waiting"
+
     def stopped_channel(self, partition: int) -> str:
         """Pub/sub channel announcing each workflow added to :meth:`stopped` (same name)."""
         return self.stopped(partition)
@@ -66,6 +76,12 @@ class Keys:
         """Step history list of one workflow (one JSON record per attempt)."""
         p = self.partition(workflow_id) if partition is None else partition
         return f"{self.namespace}:{{p{p}}}:wf:{workflow_id}:history"
+
+    def events(self, workflow_id: str, partition: int | None = None) -> str:
+        """Stream of a workflow's events: one per step attempt (its history record), what
+        steps emit (``ctx.emit``) and its end. Entry ids are the SSE event ids."""
+        p = self.partition(workflow_id) if partition is None else partition
+        return f"{self.namespace}:{{p{p}}}:wf:{workflow_id}:events"
 
     def signals(self, workflow_id: str, signal: str, partition: int | None = None) -> str:
         """List of payloads of ``signal`` sent before the workflow waited for it (FIFO)."""

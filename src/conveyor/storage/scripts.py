@@ -18,12 +18,12 @@ from redis.exceptions import NoScriptError
 # name: number of KEYS (0: any number, the script says how it splits them). The file is
 # scripts/<name>.lua.
 SCRIPTS: dict[str, int] = {
-    "start": 3,
+    "start": 4,
     "commit": 0,
     "promote": 2,
     "heartbeat": 1,
     "replay": 5,
-    "cancel": 6,
+    "cancel": 7,
     "signal": 3,
     "claim": 1,
     "trim": 1,

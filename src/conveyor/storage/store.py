@@ -160,6 +160,7 @@ class Store:
             self.keys.workflow(workflow_id),
             self.keys.stream(partition, queue),
             self.keys.delayed(partition, queue),
+            self.keys.recent(partition),
         ]
         argv = [
             workflow_id,
@@ -172,6 +173,7 @@ class Store:
             max_steps,
             int((delay or 0) * 1000),
             "|".join(on_cancel) if on_cancel else "",
+            self._retention,
         ]
         return StartRequest(workflow_id, partition, queue, keys, argv)
 
@@ -429,6 +431,7 @@ class Store:
             parent_key,
             parent_stream,
             self.keys.stopped(partition),
+            self.keys.events(workflow_id, partition),
         ]
         argv = [
             now_ms(),

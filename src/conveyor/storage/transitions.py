@@ -1,7 +1,7 @@
 """Builds the transitions the worker commits: one per finished task, each applied by
 scripts/commit.lua (see its header for the exact layout of keys and arguments).
 
-Every transition carries the same six leading keys and twelve leading arguments, then what
+Every transition carries the same seven leading keys and twelve leading arguments, then what
 its action needs. Keys are built here from the task (all in the task's partition), so the
 runner only decides *what* happens, never *where* it is stored.
 """
@@ -60,7 +60,8 @@ class Transitions:
             parent_key = self.keys.workflow(parent_id, p)
             parent_stream = self.keys.stream(p, parent_queue)
         history = self.keys.history(task.workflow_id, p)
-        keys = [task.stream, wf, history, parent_key, parent_stream, self._stopped[p]]
+        events = self.keys.events(task.workflow_id, p)
+        keys = [task.stream, wf, history, parent_key, parent_stream, self._stopped[p], events]
         argv = [
             action,
             task.entry_id,
@@ -138,6 +139,7 @@ class Transitions:
             self.keys.signals(task.workflow_id, signal, p),
             self._stream(task, queue),
             self.keys.delayed(p, timer_queue),
+            self.keys.waiting(p),
         ]
         timeout = "" if timeout_ms is None else timeout_ms
         argv = [signal, step, queue, timeout, timer_step, marker]
@@ -226,7 +228,7 @@ class Transitions:
         dead += ["raw", codec.dumps(raw)]
         dead_stream = self.keys.dead(partition)
         # the workflow slots are unused: they repeat keys of the same partition (hash slot)
-        keys = [stream, dead_stream, dead_stream, dead_stream, stream, dead_stream, dead_stream]
+        keys = [stream, *[dead_stream] * 3, stream, *[dead_stream] * 3]
         argv = ["poison", entry_id, "", b"", now, "", "", "", b"", "", "", "", *dead]
         return Transition(partition, keys, argv, "poison")
 

@@ -29,6 +29,7 @@ from ..workflow import Done, Goto, Step, StepContext, compute_backoff
 from ..workflow.context import BatchContext
 from ..workflow.outcomes import FanOut, Sleep, StartChild, Wait
 from .advance import Advancer, ResultEncodingError, UnknownStepError, cacheable, encode, from_cache
+from .emitter import Emitter
 
 log = logging.getLogger("conveyor.worker")
 
@@ -72,9 +73,11 @@ class StepRunner:
         worker_name: str,
         threads: int,
         stopped: Container[str] | None = None,
+        emitter: Emitter | None = None,
     ) -> None:
         self.app = app
         self.stopped = stopped  # workflows that stopped early (ctx.cancelled)
+        self.emitter = emitter
         self.store = store
         self.t = store.transitions
         self.advance = Advancer(app, store.transitions)
@@ -96,6 +99,7 @@ class StepRunner:
             worker=self.worker_name,
             request_id=task.request_id,
             stopped_workflows=self.stopped,
+            emitter=self.emitter,
         )
 
     def step_of(self, task: Task) -> Step:
@@ -114,6 +118,8 @@ class StepRunner:
             if step.takes_input:
                 args = (ctx, step.convert_input(codec.loads(task.input)))
             value = await self._call(step, args)
+            if ctx.emitted and self.emitter is not None:
+                await self.emitter.drain()  # its emits go before its end on the stream
             return self.success(task, step, ctx, value, started)
         except asyncio.CancelledError:
             raise
@@ -145,6 +151,8 @@ class StepRunner:
             raise
         except Exception as exc:
             return [self.failure(t, step, exc, started) for t in tasks]
+        if self.emitter is not None and any(c.emitted for c in contexts):
+            await self.emitter.drain()
         out = []
         for task, ctx, value in zip(tasks, contexts, values, strict=True):
             try:

@@ -24,6 +24,7 @@ from .advance import CANCEL_FRAME
 from .batcher import Batcher
 from .cancels import StoppedWorkflows
 from .committer import Committer, Stats
+from .emitter import Emitter
 from .inflight import Capacity, InFlight
 from .lease import LeaseKeeper
 from .promoter import Promoter
@@ -88,8 +89,11 @@ class Worker:
         self.capacity = Capacity(concurrency)
         self.inflight = InFlight()
         self.stopped = StoppedWorkflows(self.store)
+        self.emitter = Emitter(self.store)
         # one thread per slot: a sync step never waits for a thread (its timeout would count it)
-        self.runner = StepRunner(app, self.store, self.name, threads or concurrency, self.stopped)
+        self.runner = StepRunner(
+            app, self.store, self.name, threads or concurrency, self.stopped, self.emitter
+        )
         self.committer = Committer(self.store, self.stats, self._committed, self._retried)
         self.reader = Reader(
             self.store,
@@ -176,6 +180,7 @@ class Worker:
     async def _start(self) -> None:
         if self._started:
             return
+        self.emitter.bind(asyncio.get_running_loop())
         backoff = Backoff(cap=2.0)
         while not self.stopping.is_set():
             try:

@@ -39,6 +39,18 @@ class StepContext:
     #: the worker's mirror of workflows that stopped early (read by ``cancelled``)
     stopped_workflows: Container[str] | None = field(default=None, repr=False)
     charged: float | None = field(default=None, repr=False)
+    emitter: Any = field(default=None, repr=False)
+    emitted: int = field(default=0, repr=False)
+
+    def emit(self, data: Any) -> None:
+        """Stream ``data`` (JSON) to whoever follows this workflow's events (the HTTP API's
+        ``/events`` route): model tokens, progress. Returns at once; works from sync and
+        async steps. The events come before the step's own end on the stream; a retried
+        attempt emits again (each event carries its attempt)."""
+        if self.emitter is None:
+            raise RuntimeError("ctx.emit is only available inside a running worker")
+        self.emitter.emit(self.workflow_id, self.step, self.task, self.attempt, data)
+        self.emitted += 1
 
     @property
     def cancelled(self) -> bool:

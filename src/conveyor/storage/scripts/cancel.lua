@@ -12,6 +12,7 @@
 -- KEYS[4]  parent's state hash (a child workflow; else = KEYS[1])
 -- KEYS[5]  parent's continuation stream (else = KEYS[1])
 -- KEYS[6]  the partition's set of workflows that stopped early (workers drop their tasks)
+-- KEYS[7]  the workflow's event stream
 -- ARGV[1]  now, ms since the epoch
 -- ARGV[2]  retention of a finished workflow, seconds
 -- ARGV[3]  pub/sub channel announcing finished workflows
@@ -30,7 +31,7 @@ if status == 'completed' or status == 'failed' or status == 'cancelled' then
   return {5, status}
 end
 local W = {key = KEYS[1], history = KEYS[2], pkey = KEYS[4], pstream = KEYS[5],
-  stopped = KEYS[6], id = ARGV[4],
+  stopped = KEYS[6], events = KEYS[7], id = ARGV[4],
   name = f[2], request_id = f[3] or '', parent = f[4] or '', state = f[7] or '',
   now = ARGV[1], channel = ARGV[3], retention = ARGV[2]}
 local out = {0, 'cancelled'}

@@ -18,27 +18,29 @@
 --   5 parent's continuation stream      5 now, ms             12 parent ('' none)
 --     (else = key 1)                    6 workflow id
 --   6 the partition's stopped set
+--   7 the workflow's event stream
 --
 -- Actions, with their extra keys (7..) and arguments (13..):
---   next     K7 stream of the next step           A13 step, A14 input
---   sleep    K7 delayed set of the next step      A13 step, A14 input, A15 delay ms
---   return   K7 join stream, K8 branch stream      A13 value: ends the workflow at the top
+--   next     K8 stream of the next step           A13 step, A14 input
+--   sleep    K8 delayed set of the next step      A13 step, A14 input, A15 delay ms
+--   return   K8 join stream, K9 branch stream      A13 value: ends the workflow at the top
 --            (frame ''), feeds the fan-out join in a branch, is only recorded in on_cancel
---   fan_out  K7 branch stream, K8 join stream      A13 branch step, A14 join step,
+--   fan_out  K8 branch stream, K9 join stream      A13 branch step, A14 join step,
 --            A15 max parallel (0 = all), A16 '1' to collect errors, A17.. items (JSON each)
---   wait     K7 signal buffer, K8 then stream,     A13 signal, A14 then step, A15 its queue,
---            K9 delayed set of the timer step      A16 timeout ms ('' none), A17 timer step,
+--   wait     K8 signal buffer, K9 then stream,     A13 signal, A14 then step, A15 its queue,
+--            K10 delayed set of the timer step,     A16 timeout ms ('' none), A17 timer step,
+--            K11 the partition's waiting set
 --                                                  A18 timer input (the timeout marker)
---   child    K7 child hash, K8 child's stream      A13 child id, A14 child workflow,
+--   child    K8 child hash, K9 child's stream      A13 child id, A14 child workflow,
 --                                                  A15 its first step, A16 input,
 --                                                  A17 then step, A18 its queue,
 --                                                  A19 child max_steps, A20 child on_cancel
---   retry    K7 delayed set of the step's queue    A13 delay ms, A14 the task as JSON
+--   retry    K8 delayed set of the step's queue    A13 delay ms, A14 the task as JSON
 --            (also a limited task put back: history '' and the same attempt)
---   dead     K7 dead-letter stream, K8 join        A13 error JSON, A14.. dead-letter entry
---            stream, K9 branch stream              (field, value pairs)
+--   dead     K8 dead-letter stream, K9 join        A13 error JSON, A14.. dead-letter entry
+--            stream, K10 branch stream              (field, value pairs)
 --   ack      -                                     (drop an inactive task's entry)
---   poison   K7 dead-letter stream                 A13.. dead-letter entry
+--   poison   K8 dead-letter stream                 A13.. dead-letter entry
 --
 -- Returns one code per transition: 0 (OK) or 1 (DUPLICATE: the entry was already
 -- acknowledged, or its task is no longer active; nothing but the ACK was written).
@@ -73,10 +75,11 @@ local function apply(K, A)
     return 1
   end
   if action == 'poison' then
-    dead_letter(K[7], A, 13)
+    dead_letter(K[8], A, 13)
     return 0
   end
   local W = {key = K[2], history = K[3], pkey = K[4], pstream = K[5], stopped = K[6],
+    events = K[7],
     id = A[6], name = A[7],
     request_id = A[8], state = A[9], channel = A[10], parent = A[12], now = A[5],
     retention = retention}
@@ -86,9 +89,9 @@ local function apply(K, A)
       return 1
     end
     if A[4] ~= '' then
-      redis.call('RPUSH', W.history, A[4])
+      record(W, A[4])
     end
-    redis.call('ZADD', K[7], server_ms() + tonumber(A[13]), A[14])
+    redis.call('ZADD', K[8], server_ms() + tonumber(A[13]), A[14])
     redis.call('HSET', W.key, 'updated_at', W.now)
     return 0
   end
@@ -96,15 +99,15 @@ local function apply(K, A)
     return 1
   end
   if A[4] ~= '' then
-    redis.call('RPUSH', W.history, A[4])
+    record(W, A[4])
   end
   if action == 'dead' then
     local err = A[13]
     if frame ~= '' and frame ~= '!cancel' and collects(W, frame) then
-      branch_return(W, frame, failure_marker(err), K[8], K[9])
+      branch_return(W, frame, failure_marker(err), K[9], K[10])
       return 0
     end
-    dead_letter(K[7], A, 14)
+    dead_letter(K[8], A, 14)
     if frame ~= '!cancel' then
       finish(W, 'failed', 'error', err)
     end
@@ -120,7 +123,7 @@ local function apply(K, A)
     if frame == '' then
       finish(W, 'completed', 'result', A[13])
     else
-      branch_return(W, frame, A[13], K[7], K[8])
+      branch_return(W, frame, A[13], K[8], K[9])
     end
     return 0
   end
@@ -133,9 +136,9 @@ local function apply(K, A)
       fail_budget(W); return 0
     end
     if action == 'next' then
-      enqueue(K[7], W, step, seq, A[14], frame)
+      enqueue(K[8], W, step, seq, A[14], frame)
     else
-      schedule(K[7], W, step, seq, A[14], frame, A[15])
+      schedule(K[8], W, step, seq, A[14], frame, A[15])
     end
     return 0
   end
@@ -148,7 +151,7 @@ local function apply(K, A)
       if not seq then
         fail_budget(W); return 0
       end
-      enqueue(K[8], W, A[14], seq, '[]', frame)
+      enqueue(K[9], W, A[14], seq, '[]', frame)
       return 0
     end
     local width = tonumber(A[15])
@@ -161,7 +164,7 @@ local function apply(K, A)
         if not seq then
           fail_budget(W); return 0
         end
-        enqueue(K[7], W, A[13], seq, A[16 + i], gid .. '|' .. i .. '|' .. A[13] .. '|' .. A[14])
+        enqueue(K[8], W, A[13], seq, A[16 + i], gid .. '|' .. i .. '|' .. A[13] .. '|' .. A[14])
       else
         redis.call('HSET', W.key, 'i:' .. gid .. ':' .. i, A[16 + i])
       end
@@ -172,43 +175,44 @@ local function apply(K, A)
     if not seq then
       fail_budget(W); return 0
     end
-    local buffered = redis.call('LPOP', K[7])
+    local buffered = redis.call('LPOP', K[8])
     if buffered then  -- the signal came first: go on at once
-      enqueue(K[8], W, step, seq, buffered, frame)
+      enqueue(K[9], W, step, seq, buffered, frame)
       return 0
     end
-    local record = {task = seq, step = step, queue = A[15], frame = frame, since = tonumber(W.now)}
+    local wait = {task = seq, step = step, queue = A[15], frame = frame, since = tonumber(W.now)}
     if A[16] ~= '' then
-      record.deadline = tonumber(W.now) + tonumber(A[16])
-      schedule(K[9], W, A[17], seq, A[18], frame, A[16], {'wait', name})
+      wait.deadline = tonumber(W.now) + tonumber(A[16])
+      schedule(K[10], W, A[17], seq, A[18], frame, A[16], {'wait', name})
     end
     -- one field per wait ('w:<signal>:<task>'): parallel branches may wait for the same signal
-    redis.call('HSET', W.key, 'w:' .. name .. ':' .. seq, cjson.encode(record),
+    redis.call('HSET', W.key, 'w:' .. name .. ':' .. seq, cjson.encode(wait),
       'status', 'waiting')
+    redis.call('ZADD', K[11], 'NX', W.now, W.id)
   elseif action == 'child' then
     local child_id, step = A[13], A[17]
     local seq = new_task(W, step)
     if not seq then
       fail_budget(W); return 0
     end
-    if redis.call('EXISTS', K[7]) == 1 then
+    if redis.call('EXISTS', K[8]) == 1 then
       -- cannot happen (task numbers are unique and a task commits once): never overwrite
       return 0
     end
     local parent = W.id .. '|' .. seq .. '|' .. step .. '|' .. A[18] .. '|' .. frame
     redis.call('HSET', W.key, 'c:' .. child_id, '1')
-    redis.call('HSET', K[7], 'workflow', A[14], 'status', 'running', 'step', A[15],
+    redis.call('HSET', K[8], 'workflow', A[14], 'status', 'running', 'step', A[15],
       'input', A[16], 'created_at', W.now, 'updated_at', W.now, 'seq', 1, 't:1', A[15],
       'max_steps', A[19], 'parent', parent)
     if A[20] ~= '' then
-      redis.call('HSET', K[7], 'on_cancel', A[20])
+      redis.call('HSET', K[8], 'on_cancel', A[20])
     end
     if W.request_id ~= '' then
-      redis.call('HSET', K[7], 'request_id', W.request_id)
+      redis.call('HSET', K[8], 'request_id', W.request_id)
     end
     local C = {id = child_id, name = A[14], request_id = W.request_id, parent = parent,
       state = ''}
-    enqueue(K[8], C, A[15], 1, A[16], '')
+    enqueue(K[9], C, A[15], 1, A[16], '')
   end
   return 0
 end

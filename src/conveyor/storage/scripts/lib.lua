@@ -9,12 +9,19 @@
 --   channel        pub/sub channel announcing finished workflows
 --   retention      seconds a finished workflow is kept
 --   pkey, pstream  the parent's state hash and the stream its continuation goes to (children)
+--   events         the workflow's event stream (SSE): step records, emits, its end
 --   stopped        the partition's set of workflows that stopped early (failed, cancelled);
 --                  also the name of the channel announcing them to workers (ctx.cancelled)
 --
 -- Task numbers: 'seq' counts every task a workflow ever created; 't:<n>' marks task n active.
 -- A transition only acts on a task while its 't:<n>' exists, so a redelivered, cancelled or
 -- superseded task is dropped instead of run twice. 'max_steps' bounds 'seq' (a runaway loop).
+
+-- Append a step attempt's record to the history list and to the event stream.
+local function record(W, rec)
+  redis.call('RPUSH', W.history, rec)
+  redis.call('XADD', W.events, '*', 'type', 'step', 'data', rec)
+end
 
 local function server_ms()
   local t = redis.call('TIME')
@@ -149,6 +156,8 @@ local function finish(W, status, field, value)
     'updated_at', W.now)
   redis.call('EXPIRE', W.key, W.retention)
   redis.call('EXPIRE', W.history, W.retention)
+  redis.call('XADD', W.events, '*', 'type', 'end', 'status', status)
+  redis.call('EXPIRE', W.events, W.retention)
   redis.call('PUBLISH', W.channel, W.id)
   if status ~= 'completed' then
     -- tasks of it may still be queued (fan-out branches, a cancelled step): workers mirror

@@ -16,9 +16,10 @@
 --   ARGV[3]  burst tolerance, ms
 --   ARGV[4]  emission interval, ms per unit: one unit passes again when ARGV[2] has elapsed
 --
--- Returns {1, 0} when a take is granted (TAT advanced), and for charge and push (always done);
--- {0, wait_ms} when a take is refused (nothing written): wait_ms is how long until this cost
--- would fit (rounded up). A charge never refuses: it may leave the limit in debt, which later
+-- Returns {1, 0, remaining} when a take is granted (TAT advanced; remaining: units that
+-- could still be taken at once), {1, 0} for charge and push (always done); {0, wait_ms, 0}
+-- when a take is refused (nothing written): wait_ms is how long until this cost would fit
+-- (rounded up). A charge never refuses: it may leave the limit in debt, which later
 -- takes wait out; a refund never moves TAT before now. An unknown mode is an error reply.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
@@ -42,10 +43,11 @@ if mode == 'take' then
   local new_tat = tat + increment
   local allow_at = new_tat - tolerance
   if allow_at > now then
-    return {0, math.ceil(allow_at - now)}
+    return {0, math.ceil(allow_at - now), 0}
   end
   store(new_tat)
-  return {1, 0}
+  -- units a take could still get right now (for RateLimit-Remaining headers)
+  return {1, 0, math.floor((tolerance - (new_tat - now)) / interval)}
 elseif mode == 'charge' then
   store(tat + tonumber(ARGV[4]) * tonumber(ARGV[2]))
   return {1, 0}

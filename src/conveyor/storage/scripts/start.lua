@@ -4,6 +4,7 @@
 -- KEYS[1]  workflow state hash     ns:{pN}:wf:<id>
 -- KEYS[2]  task stream of the first step's queue   ns:{pN}:q:<queue>
 -- KEYS[3]  delayed set of that queue               ns:{pN}:delayed:<queue>
+-- KEYS[4]  the partition's index of recent workflows ns:{pN}:recent
 -- ARGV[1]  workflow id
 -- ARGV[2]  workflow name
 -- ARGV[3]  first step name
@@ -14,6 +15,7 @@
 -- ARGV[8]  max_steps: most tasks the workflow may create (0 = unbounded)
 -- ARGV[9]  delay before the first step, ms ('' or 0: none; the server's clock decides)
 -- ARGV[10] on_cancel step as '<step>|<queue>' ('' when none)
+-- ARGV[11] retention, seconds: index entries older than that are trimmed
 --
 -- Returns {code, status}:
 --   {0, 'running'}   created and enqueued
@@ -36,6 +38,9 @@ end
 if ARGV[10] ~= '' then
   redis.call('HSET', KEYS[1], 'on_cancel', ARGV[10])
 end
+local created = tonumber(ARGV[6])
+redis.call('ZADD', KEYS[4], created, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', created - tonumber(ARGV[11]) * 1000)
 local W = {id = ARGV[1], name = ARGV[2], request_id = ARGV[7], parent = '', state = ''}
 local delay = tonumber(ARGV[9]) or 0
 if delay > 0 then

@@ -1,0 +1,61 @@
+"""What steps stream while they run (``ctx.emit(data)``: model tokens, progress), appended to
+the workflow's event stream, where the HTTP API's SSE route reads it.
+
+Emits from any thread are queued on the event loop and written in pipelined batches. A step's
+outcome is committed only after its emits are written, so on the event stream a step's emits
+always come before the record of its end. Emits are at-least-once like the step itself: a
+retried attempt emits again (each event names its attempt).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from .. import codec
+from ..storage.store import Store
+
+log = logging.getLogger("conveyor.worker")
+
+
+class Emitter:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.pending: list[tuple[str, list[Any]]] = []
+        self._flushing: asyncio.Task[None] | None = None
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+
+    def emit(self, workflow_id: str, step: str, task: int, attempt: int, data: Any) -> None:
+        """Queue one event; callable from the loop or from a step's thread."""
+        payload = codec.dumps(data)  # a TypeError reaches the step at once
+        key = self.store.keys.events(workflow_id)
+        fields = ["type", "emit", "step", step, "task", task, "attempt", attempt, "data", payload]
+        if self.loop is None:
+            raise RuntimeError("ctx.emit is only available inside a running worker")
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self.loop:
+            self._add(key, fields)
+        else:
+            self.loop.call_soon_threadsafe(self._add, key, fields)
+
+    def _add(self, key: str, fields: list[Any]) -> None:
+        self.pending.append((key, fields))
+
+    async def drain(self) -> None:
+        """Write everything queued so far (called before a step's outcome is committed)."""
+        while self.pending:
+            batch, self.pending = self.pending, []
+            pipe = self.store.redis.pipeline(transaction=False)
+            for key, fields in batch:
+                pipe.execute_command("XADD", key, "*", *fields)
+            try:
+                await pipe.execute()
+            except Exception as exc:  # best effort: an outage loses emits, never a transition
+                log.warning("writing %d emitted events failed: %s", len(batch), exc)
