@@ -18,8 +18,9 @@ from typing import Any, TypeVar
 from redis.asyncio import Redis
 
 from .app import App
-from .coalesce import StartCoalescer
+from .coalesce import Coalescer
 from .errors import (
+    BackPressureError,
     ResultTimeoutError,
     StepBudgetExceededError,
     UnknownWorkflowError,
@@ -29,13 +30,14 @@ from .errors import (
 from .settings import Settings
 from .storage.connection import connect
 from .storage.records import DeadLetter, WorkflowStatus
-from .storage.store import Store
+from .storage.store import StartRequest, Store
 from .watcher import FinishedWatcher
 from .workflow.definition import DEFAULT_MAX_STEPS, check_name
 
 T = TypeVar("T")
 
 FINISHED = ("completed", "failed", "cancelled")
+START_CHUNK = 1000  # starts per pipeline in start_many
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +77,7 @@ class AsyncClient:
         self.store = Store(self.redis, self.settings)
         self._routes: dict[str, Route] = {}
         self._watcher = FinishedWatcher(self.redis)
-        self._starts = StartCoalescer(self.store)
+        self._starts: Coalescer[StartRequest, tuple[str, bool]] = Coalescer(self.store.start_many)
         self._checked = False
         self._checking: asyncio.Future[None] | None = None
 
@@ -154,8 +156,41 @@ class AsyncClient:
             delay=delay,
             on_cancel=route.on_cancel,
         )
-        workflow_id, _ = await self._starts.start(request)
+        workflow_id, _ = await self._starts.call(request)
         return workflow_id
+
+    async def start_many(
+        self,
+        workflow: str,
+        inputs: list[Any],
+        *,
+        idempotency_key: str | None = None,
+        request_id: str | None = None,
+    ) -> list[str | BackPressureError]:
+        """Start ``workflow`` once per input, in pipelines; per input its id, or the
+        BackPressureError that refused it (its queue is full). With an ``idempotency_key``,
+        input i uses the key ``<key>:<i>``, so resending the same batch starts nothing twice."""
+        route = await self._route(workflow)
+        if not self._checked:
+            await self._check_partitions()
+        requests = [
+            self.store.start_request(
+                workflow,
+                route.step,
+                route.queue,
+                value,
+                idempotency_key=None if idempotency_key is None else f"{idempotency_key}:{i}",
+                request_id=request_id,
+                max_steps=route.max_steps,
+                on_cancel=route.on_cancel,
+            )
+            for i, value in enumerate(inputs)
+        ]
+        out: list[str | BackPressureError] = []
+        for start in range(0, len(requests), START_CHUNK):
+            for result in await self.store.start_many(requests[start : start + START_CHUNK]):
+                out.append(result if isinstance(result, BackPressureError) else result[0])
+        return out
 
     async def _check_partitions(self) -> None:
         """Once per client, shared by concurrent first starts."""

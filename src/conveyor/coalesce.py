@@ -1,29 +1,35 @@
-"""Coalesces concurrent starts of one client into pipelines (design rule 5: round trips are
-the cost). A lone start goes out at once, from the caller itself; starts made while a
-pipeline is in flight go together in the next one, so a burst costs a few round trips
-instead of one each."""
+"""Coalesces concurrent calls into pipelines (design rule 5: round trips are the cost). A lone
+call goes out at once, from the caller itself; calls made while a pipeline is in flight go
+together in the next one, so a burst costs a few round trips instead of one each. Used for
+starts (the client) and for the HTTP API's rate-limit checks."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
 
-from .storage.store import StartRequest, Store
+T = TypeVar("T")
+R = TypeVar("R")
 
 MAX_BATCH = 512
 
 
-class StartCoalescer:
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self.pending: list[tuple[StartRequest, asyncio.Future[tuple[str, bool]]]] = []
+class Coalescer(Generic[T, R]):
+    """``send_many(items)`` returns one result per item, or an exception in its place (raised
+    to that caller alone); an exception it raises goes to every caller of the batch."""
+
+    def __init__(self, send_many: Callable[[list[T]], Awaitable[Sequence[R | Exception]]]) -> None:
+        self.send_many = send_many
+        self.pending: list[tuple[T, asyncio.Future[R]]] = []
         self.busy = False  # a pipeline is in flight
         self.flusher: asyncio.Task[None] | None = None
 
-    async def start(self, request: StartRequest) -> tuple[str, bool]:
-        future: asyncio.Future[tuple[str, bool]] = asyncio.get_running_loop().create_future()
-        self.pending.append((request, future))
+    async def call(self, item: T) -> R:
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self.pending.append((item, future))
         if not self.busy:
-            await self._send_pending()  # no extra hop for a lone start
+            await self._send_pending()  # no extra hop for a lone call
         return await future
 
     async def _flush(self) -> None:
@@ -34,7 +40,7 @@ class StartCoalescer:
         self.busy = True
         batch, self.pending = self.pending[:MAX_BATCH], self.pending[MAX_BATCH:]
         try:
-            results = await self.store.start_many([request for request, _ in batch])
+            results = await self.send_many([item for item, _ in batch])
         except Exception as exc:  # Redis unreachable, ...: each caller gets the error
             for _, future in batch:
                 if not future.done():
@@ -42,9 +48,9 @@ class StartCoalescer:
             return
         finally:
             self.busy = False
-            # starts that arrived meanwhile: one task sends them (the callers just wait)
+            # calls that arrived meanwhile: one task sends them (the callers just wait)
             if self.pending and (self.flusher is None or self.flusher.done()):
-                self.flusher = asyncio.create_task(self._flush(), name="conveyor-starts")
+                self.flusher = asyncio.create_task(self._flush(), name="conveyor-coalesce")
         for (_, future), result in zip(batch, results, strict=True):
             if future.done():  # the caller was cancelled meanwhile
                 continue

@@ -187,6 +187,62 @@ def dev(
     )
 
 
+# -- HTTP API --------------------------------------------------------------------------------
+
+
+@cli.command()
+@readable_errors
+def api(
+    app: Annotated[str, typer.Argument(help="The App to serve, as MODULE:ATTRIBUTE.")],
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535)] = 8000,
+    workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="API processes.")] = 1,
+    no_auth: Annotated[
+        bool, typer.Option("--no-auth", help="Serve without API keys (logged as a warning).")
+    ] = False,
+    redis_url: RedisUrl = None,
+    namespace: Namespace = None,
+    partitions: Partitions = None,
+    log_level: Annotated[str, typer.Option("--log-level", envvar="CONVEYOR_LOG_LEVEL")] = "INFO",
+) -> None:
+    """Serve the HTTP API (see docs/api.md). API keys come from CONVEYOR_API_KEYS or
+    CONVEYOR_API_KEYS_FILE (make them with `conveyor api-key`)."""
+    import os
+
+    from ..api.server import run
+    from ..logs import setup_logging
+
+    setup_logging(log_level)
+    for name, value in (
+        ("REDIS_URL", redis_url),
+        ("CONVEYOR_NAMESPACE", namespace),
+        ("CONVEYOR_PARTITIONS", str(partitions) if partitions else None),
+    ):
+        if value:
+            os.environ[name] = value
+    run(app, host=host, port=port, workers=workers, auth=False if no_auth else None,
+        log_level=log_level)  # fmt: skip
+
+
+@cli.command("api-key")
+@readable_errors
+def api_key(
+    name: Annotated[str, typer.Option("--name", help="Who the key is for (logs, limits).")],
+    scopes: Annotated[
+        str, typer.Option("--scopes", help="Comma-separated: submit, read, admin.")
+    ] = "submit,read",
+) -> None:
+    """Make an API key: prints the token (give it to the caller; it is not stored) and the
+    line to add to CONVEYOR_API_KEYS or the keys file (it holds only the token's SHA-256)."""
+    from ..api.settings import hash_token, new_token, parse_key
+
+    token = new_token()
+    line = f"{name}:{hash_token(token)}:{scopes}"
+    parse_key(line)  # a readable error for a bad name or scope
+    out.print(f"token:  {token}", highlight=False)
+    out.print(f"config: {line}", highlight=False)
+
+
 # -- workflows -------------------------------------------------------------------------------
 
 

@@ -1,0 +1,79 @@
+"""Runs the API with uvicorn: ``conveyor api MODULE:app``. With ``--workers N`` uvicorn
+forks N processes, each building the app from the environment (``create_from_env``), so the
+App reference and settings travel as environment variables."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from fastapi import FastAPI
+
+from ..loader import load_app
+from .app import create_app
+from .settings import ApiSettings
+
+APP_ENV = "CONVEYOR_API_APP"
+
+
+def create_from_env() -> FastAPI:
+    """uvicorn factory: the App named by CONVEYOR_API_APP, settings from the environment."""
+    ref = os.environ.get(APP_ENV)
+    if not ref:
+        raise RuntimeError(f"{APP_ENV} is not set (run the API with `conveyor api MODULE:app`)")
+    app = load_app(ref)
+    overrides = {
+        "redis_url": os.environ.get("REDIS_URL"),
+        "namespace": os.environ.get("CONVEYOR_NAMESPACE"),
+        "partitions": int(os.environ["CONVEYOR_PARTITIONS"])
+        if os.environ.get("CONVEYOR_PARTITIONS")
+        else None,
+    }
+    app.settings = app.settings.replace(**{k: v for k, v in overrides.items() if v is not None})
+    return create_app(app, ApiSettings.from_env())
+
+
+def uvicorn_options(host: str, port: int, workers: int, log_level: str) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "workers": workers,
+        "log_level": log_level.lower(),
+        "factory": True,
+        "access_log": False,  # one log line per request costs more than the request
+        "timeout_graceful_shutdown": 10,
+    }
+    try:
+        import uvloop  # noqa: F401
+
+        options["loop"] = "uvloop"
+    except ImportError:
+        pass
+    try:
+        import httptools  # noqa: F401
+
+        options["http"] = "httptools"
+    except ImportError:
+        pass
+    return options
+
+
+def run(
+    app_ref: str,
+    *,
+    host: str,
+    port: int,
+    workers: int,
+    auth: bool | None,
+    log_level: str,
+) -> None:
+    import uvicorn
+
+    os.environ[APP_ENV] = app_ref
+    if auth is False:
+        os.environ["CONVEYOR_API_AUTH"] = "off"
+    # fail here, with a readable error, rather than in every forked worker
+    create_from_env()
+    uvicorn.run(
+        "conveyor.api.server:create_from_env", **uvicorn_options(host, port, workers, log_level)
+    )
