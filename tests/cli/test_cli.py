@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 
@@ -186,22 +187,31 @@ def test_signal_delayed_start_and_budget(
 def test_dev_runs_embedded_redis_and_worker(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
     dev = subprocess.Popen(
-        [sys.executable, "-m", "conveyor", "dev", "--data-dir", str(tmp_path)],
+        [sys.executable, "-m", "conveyor", "dev", "--data-dir", str(tmp_path),
+         "--api-port", str(free_port())],
         env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
-        url = None
+        url = api = None
         deadline = time.monotonic() + 20
         assert dev.stdout is not None
-        while time.monotonic() < deadline and url is None:
+        while time.monotonic() < deadline and (url is None or api is None):
             line = dev.stdout.readline()
             match = re.search(r"export REDIS_URL=(\S+)", line)
-            url = match.group(1) if match else None
+            url = match.group(1) if match else url
+            match = re.search(r"HTTP API .* at (http://\S+)", line)
+            api = match.group(1) if match else api
         assert url, "dev did not print its Redis URL"
+        assert api, "dev did not print its API URL"
         result = conveyor(
             "start", "demo", "--input", '"dev"', "--wait", "--timeout", "20", env={"REDIS_URL": url}
         )
         assert result.returncode == 0 and "HELLO, DEV!!!" in result.stdout, result.stderr
+        # the HTTP API of dev mode: submit, then long-poll the result
+        submitted = httpx.post(f"{api}/v1/workflows/demo", json="http", timeout=10)
+        assert submitted.status_code == 202, submitted.text
+        done = httpx.get(f"{api}{submitted.json()['status_url']}/result?wait=20", timeout=30)
+        assert done.status_code == 200 and done.json()["result"] == {"message": "HELLO, HTTP!!!"}
     finally:
         dev.send_signal(signal.SIGINT)
         output, _ = dev.communicate(timeout=30)

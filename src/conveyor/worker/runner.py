@@ -111,6 +111,7 @@ class StepRunner:
     async def run(self, task: Task) -> Outcome:
         started = now_ms()
         step: Step | None = None
+        ctx: StepContext | None = None
         try:
             step = self.step_of(task)
             ctx = self.context(task, step)
@@ -118,13 +119,18 @@ class StepRunner:
             if step.takes_input:
                 args = (ctx, step.convert_input(codec.loads(task.input)))
             value = await self._call(step, args)
-            if ctx.emitted and self.emitter is not None:
-                await self.emitter.drain()  # its emits go before its end on the stream
+            await self._flush_emits(ctx)
             return self.success(task, step, ctx, value, started)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            await self._flush_emits(ctx)
             return self.failure(task, step, exc, started)
+
+    async def _flush_emits(self, *contexts: StepContext | None) -> None:
+        """A step's emits go onto the event stream before the record of its end."""
+        if self.emitter is not None and any(c is not None and c.emitted for c in contexts):
+            await self.emitter.drain()
 
     async def run_batch(self, step: Step, tasks: list[Task]) -> list[Outcome]:
         """Run a batched step once for ``tasks`` (one input each); one outcome per task."""
@@ -150,9 +156,9 @@ class StepRunner:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            await self._flush_emits(*contexts)
             return [self.failure(t, step, exc, started) for t in tasks]
-        if self.emitter is not None and any(c.emitted for c in contexts):
-            await self.emitter.drain()
+        await self._flush_emits(*contexts)
         out = []
         for task, ctx, value in zip(tasks, contexts, values, strict=True):
             try:
