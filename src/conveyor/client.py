@@ -77,7 +77,10 @@ class AsyncClient:
         self.store = Store(self.redis, self.settings)
         self._routes: dict[str, Route] = {}
         self._watcher = FinishedWatcher(self.redis)
-        self._starts: Coalescer[StartRequest, tuple[str, bool]] = Coalescer(self.store.start_many)
+        # looked up per call, so a replaced store method (a test's spy) is the one used
+        self._starts: Coalescer[StartRequest, tuple[str, bool]] = Coalescer(
+            lambda requests: self.store.start_many(requests)
+        )
         self._checked = False
         self._checking: asyncio.Future[None] | None = None
 
