@@ -173,8 +173,13 @@ def dev(
         str, typer.Option("--data-dir", help="Where the embedded Redis keeps its data.")
     ] = ".conveyor",
     log_level: Annotated[str, typer.Option("--log-level", envvar="CONVEYOR_LOG_LEVEL")] = "INFO",
+    api_port: Annotated[
+        int, typer.Option("--api-port", min=1, max=65535, help="Port of the HTTP API.")
+    ] = 8000,
+    no_api: Annotated[bool, typer.Option("--no-api", help="Do not serve the HTTP API.")] = False,
 ) -> None:
-    """Everything on one machine: an embedded Redis (unless REDIS_URL is set) and a worker."""
+    """Everything on one machine: an embedded Redis (unless REDIS_URL is set), a worker and
+    the HTTP API (no API keys; localhost only)."""
     from .dev import run_dev
 
     run_dev(
@@ -184,6 +189,7 @@ def dev(
         namespace=namespace,
         data_dir=data_dir,
         log_level=log_level,
+        api_port=None if no_api else api_port,
     )
 
 
@@ -271,11 +277,26 @@ def start(
     redis_url: RedisUrl = None,
     namespace: Namespace = None,
     partitions: Partitions = None,
+    api: Annotated[
+        str | None,
+        typer.Option(
+            "--api",
+            envvar="CONVEYOR_API_URL",
+            help="Go through the HTTP API at this URL instead of Redis.",
+        ),
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option("--api-key", envvar="CONVEYOR_API_KEY", help="API key (token) for --api."),
+    ] = None,
 ) -> None:
-    """Start a workflow and print its id (or, with --wait, its result as JSON)."""
+    """Start a workflow and print its id (or, with --wait, its result as JSON). With --api
+    it goes through the HTTP API, for machines that may not reach Redis."""
     payload = parse_json(input, "--input")
+    if api is not None:
+        from ..http import AsyncHttpClient  # httpx is loaded only when --api is used
 
-    async def go(client: AsyncClient) -> None:
+    async def go(client: AsyncClient | AsyncHttpClient) -> None:
         workflow_id = await client.start(
             name, payload, idempotency_key=idempotency_key, delay=delay, max_steps=max_steps
         )
@@ -286,7 +307,15 @@ def start(
         result = await client.result(workflow_id, timeout=timeout)
         out.print_json(json.dumps(result))
 
-    with_client(redis_url, namespace, partitions, go)
+    if api is None:
+        with_client(redis_url, namespace, partitions, go)
+        return
+
+    async def via_api(url: str) -> None:
+        async with AsyncHttpClient(url, api_key) as client:
+            await go(client)
+
+    asyncio.run(via_api(api))
 
 
 @cli.command()
