@@ -485,3 +485,34 @@ async def test_runaway_loop_stops_at_the_step_budget(
     assert len((await client.status(bigger)).history) == 20
     with pytest.raises(ValueError, match="max_steps"):
         await client.start("loop", 0, max_steps=0)
+
+
+async def test_replay_while_a_worker_runs_is_not_dropped_as_stopped(
+    make_app: MakeApp, client_for: ClientFor
+) -> None:
+    """A failed workflow is in the workers' mirror of stopped workflows; replaying it makes
+    its task active again. A running worker that reads the replayed task before it hears of
+    the replay must run it, not drop it."""
+    from conveyor import NonRetryableError
+
+    broken = {"on": True}
+    wf = Workflow("phoenix")
+
+    @wf.step
+    async def rise(ctx, x: int):
+        if broken["on"]:
+            raise NonRetryableError("not yet")
+        return x + 1
+
+    app = make_app(wf)
+    client = client_for(app)
+    async with running(app) as worker:
+        wf_id = await client.start("phoenix", 1)
+        await until(lambda: wf_id in worker.stopped)  # failed, and the worker heard of it
+        [letter] = await client.dead_letters()
+        broken["on"] = False
+        worker.stopped._apply(b"stop " + wf_id.encode())  # keep it there: the race's worst case
+        worker.stopped.resumed = lambda _id: None  # type: ignore[method-assign]
+        await client.replay(letter.id)
+        worker.stopped._apply(b"stop " + wf_id.encode())  # the 'resume' message comes late
+        assert await client.result(wf_id, timeout=10) == 2

@@ -1,8 +1,11 @@
-"""Admission: what happens to a delivered task of a cached or limited step (or a wait timer)
-before it runs, a round trip or two per read batch. Other tasks skip it.
+"""Admission: what happens to a delivered task of a cached or limited step (or a wait timer,
+or a task of a stopped workflow) before it runs, a round trip or two per read batch. Other
+tasks skip it.
 
-- A wait timer that lost to its signal is dropped without running. (Tasks of cancelled or
-  failed workflows never get here: the worker drops them at dispatch, see cancels.py.)
+- A task of a cancelled or failed workflow (the worker's mirror of the stopped sets says so,
+  see cancels.py) is dropped without running, unless its task is active after all (the
+  workflow was replayed and the mirror has not heard yet): one HEXISTS for such tasks only.
+- A wait timer that lost to its signal is dropped without running.
 - A step with ``cache_ttl`` whose result is memoised completes from the cache.
 - A step with a rate or concurrency limit runs only when the limit grants it; otherwise the
   task goes back to the delayed set as the same attempt (neither lost nor a failure).
@@ -23,6 +26,8 @@ from .. import codec
 from ..limits import Limit, Limiter
 from ..storage.records import Task
 from ..storage.store import Store, now_ms
+from .advance import CANCEL_FRAME
+from .cancels import StoppedWorkflows
 from .runner import Outcome, StepRunner, cache_digest
 
 log = logging.getLogger("conveyor.worker")
@@ -41,7 +46,15 @@ class Admitted:
 
 
 class Admission:
-    def __init__(self, store: Store, runner: StepRunner, limiter: Limiter, lease: float) -> None:
+    def __init__(
+        self,
+        store: Store,
+        runner: StepRunner,
+        limiter: Limiter,
+        lease: float,
+        stopped: StoppedWorkflows,
+    ) -> None:
+        self.stopped = stopped
         self.store = store
         self.runner = runner
         self.limiter = limiter
@@ -64,8 +77,9 @@ class Admission:
         return bool(limited)
 
     async def _check(self, tasks: list[Task], out: Admitted) -> list[Task]:
-        """Drop wait timers that lost to their signal; complete tasks whose result is cached.
-        (Tasks of stopped workflows never get here: the worker drops them at once.)"""
+        """Drop tasks of stopped workflows and wait timers that lost to their signal;
+        complete tasks whose result is cached."""
+        tasks = await self._drop_stopped(tasks, out)
         timers = [t for t in tasks if t.wait]
         won = dict(zip(map(id, timers), await self.store.claim_timers(timers), strict=True))
         cached: dict[int, bytes | None] = {}
@@ -85,6 +99,24 @@ class Admission:
             else:
                 keep.append(t)
         return keep
+
+    async def _drop_stopped(self, tasks: list[Task], out: Admitted) -> list[Task]:
+        """Tasks of workflows the worker's mirror says stopped: dropped unrun, unless the task
+        is active after all (the workflow was replayed, and the mirror has not heard yet)."""
+        suspects = [t for t in tasks if t.workflow_id in self.stopped and t.frame != CANCEL_FRAME]
+        if not suspects:
+            return tasks
+        pipe = self.store.redis.pipeline(transaction=False)
+        for t in suspects:
+            pipe.hexists(self.store.keys.workflow(t.workflow_id, t.partition), f"t:{t.task}")
+        dropped = set()
+        for t, active in zip(suspects, await pipe.execute(), strict=True):
+            if active:
+                self.stopped.resumed(t.workflow_id)
+            else:
+                dropped.add(id(t))
+                out.settled.append((t, Outcome(self.store.transitions.ack(t), "dropped")))
+        return [t for t in tasks if id(t) not in dropped]
 
     def _cached_step(self, task: Task) -> bool:
         step = self.runner.app.step(task.workflow, task.step)

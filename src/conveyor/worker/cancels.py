@@ -1,6 +1,7 @@
 """Which workflows stopped early (cancelled, or failed with tasks possibly left), mirrored
-in the worker so its tasks are dropped unrun and its running steps see ``ctx.cancelled``,
-with no round trip per task.
+in the worker so its tasks are dropped unrun (after one HEXISTS that tells a replayed
+workflow's active task from a stale one) and its running steps see ``ctx.cancelled``; other
+tasks pay nothing.
 
 The stopped sets (one per partition, see Keys.stopped) hold every such workflow for the
 retention period; each addition ('stop <id>') and each removal by a replay ('resume <id>')
@@ -73,6 +74,10 @@ class StoppedWorkflows:
                 self._prune()
         elif what == "resume":
             self.ids.pop(workflow_id, None)
+
+    def resumed(self, workflow_id: str) -> None:
+        """The workflow runs again (replayed): found before its 'resume' message arrived."""
+        self.ids.pop(workflow_id, None)
 
     def _prune(self) -> None:
         oldest = now_ms() - int(self.store.settings.retention * 1000)

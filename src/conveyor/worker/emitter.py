@@ -1,10 +1,12 @@
 """What steps stream while they run (``ctx.emit(data)``: model tokens, progress), appended to
 the workflow's event stream, where the HTTP API's SSE route reads it.
 
-Emits from any thread are queued on the event loop and written in pipelined batches. A step's
-outcome is committed only after its emits are written, so on the event stream a step's emits
-always come before the record of its end. Emits are at-least-once like the step itself: a
-retried attempt emits again (each event names its attempt).
+Emits from any thread are queued on the event loop and written at once, in pipelined
+batches (whatever was emitted while the previous batch was in flight), so followers see
+tokens as they come. A step's outcome is committed only after its emits are written, so on
+the event stream a step's emits always come before the record of its end. Emits are
+at-least-once like the step itself: a retried attempt emits again (each event names its
+attempt).
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ class Emitter:
         self.store = store
         self.loop: asyncio.AbstractEventLoop | None = None
         self.pending: list[tuple[str, list[Any]]] = []
-        self._flushing: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()  # one batch in flight: events keep their order
+        self._flusher: asyncio.Task[None] | None = None
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -47,15 +50,19 @@ class Emitter:
 
     def _add(self, key: str, fields: list[Any]) -> None:
         self.pending.append((key, fields))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self.drain(), name="conveyor-emits")
 
     async def drain(self) -> None:
-        """Write everything queued so far (called before a step's outcome is committed)."""
-        while self.pending:
-            batch, self.pending = self.pending, []
-            pipe = self.store.redis.pipeline(transaction=False)
-            for key, fields in batch:
-                pipe.execute_command("XADD", key, "*", *fields)
-            try:
-                await pipe.execute()
-            except Exception as exc:  # best effort: an outage loses emits, never a transition
-                log.warning("writing %d emitted events failed: %s", len(batch), exc)
+        """Write everything queued so far (also called before a step's outcome is committed,
+        so its emits are on the stream first)."""
+        async with self._lock:
+            while self.pending:
+                batch, self.pending = self.pending, []
+                pipe = self.store.redis.pipeline(transaction=False)
+                for key, fields in batch:
+                    pipe.execute_command("XADD", key, "*", *fields)
+                try:
+                    await pipe.execute()
+                except Exception as exc:  # best effort: an outage loses emits, not a transition
+                    log.warning("writing %d emitted events failed: %s", len(batch), exc)

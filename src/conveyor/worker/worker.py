@@ -113,7 +113,7 @@ class Worker:
         self.lease = LeaseKeeper(self.store, self.name, self.inflight, self.queues)
         self.limiter = Limiter(self.redis, self.settings.namespace, self.store.scripts)
         self.admission = Admission(
-            self.store, self.runner, self.limiter, lease=self.settings.visibility_timeout
+            self.store, self.runner, self.limiter, self.settings.visibility_timeout, self.stopped
         )
         # steps whose tasks go through admission (a round trip) before they run
         self._admitted = {
@@ -345,12 +345,11 @@ class Worker:
             call = self.runner.dead_letter(task, reason, "DeliveryLimitExceeded")
             self.committer.submit(call, task, "dead")
             return
-        if task.workflow_id in self.stopped and task.frame != CANCEL_FRAME:
-            # cancelled or failed: drop it unrun (all but its on_cancel step)
-            self.committer.submit(self.store.transitions.ack(task), task, "dropped")
-            return
         self.capacity.take()
-        if not task.wait and (task.workflow, task.step) not in self._admitted:
+        # a task of a workflow that stopped (cancelled or failed) goes through admission,
+        # which drops it unrun unless the workflow was replayed meanwhile
+        suspect = task.workflow_id in self.stopped and task.frame != CANCEL_FRAME
+        if not suspect and not task.wait and (task.workflow, task.step) not in self._admitted:
             self._run(task)
             return
         # admit the tasks of one read together (one round trip), once the read is dispatched
