@@ -19,9 +19,6 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.api.conftest import ROOT, TOKENS, ApiServer, start_api, stop_api
-from tests.apps import api_app
-from tests.apps.api_app import Order
 
 from conveyor import (
     App,
@@ -45,6 +42,9 @@ from conveyor.http import (
     InputError,
     PartialBatchError,
 )
+from tests.api.conftest import ROOT, TOKENS, ApiServer, start_api, stop_api
+from tests.apps import api_app
+from tests.apps.api_app import Order
 
 ADMIN = TOKENS["admin"][0]
 STORY_TOKENS = ["a", "story", "about", "dragons"]

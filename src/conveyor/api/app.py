@@ -128,6 +128,21 @@ class Health(BaseModel):
     version: str | None = None
 
 
+#: One Server-Sent Event of /v1/workflows/{id}/events (OpenAPI < 3.2: the schema of a
+#: text/event-stream response describes each event).
+SSE_EVENT: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string", "description": "resume after it with Last-Event-ID"},
+        "event": {"type": "string", "enum": ["step", "emit", "end"],
+                  "description": "an attempt's record, what a step emitted, the end"},
+        "data": {"type": "string", "contentMediaType": JSON},
+        "retry": {"type": "integer"},
+    },
+    "required": ["id", "event", "data"],
+}  # fmt: skip
+
+
 def _body(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "requestBody": {
@@ -140,6 +155,14 @@ def _body(description: str, schema: dict[str, Any] | None = None) -> dict[str, A
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(data), status, headers=headers, media_type=JSON)
+
+
+def _is_stream_id(value: str) -> bool:
+    """Whether ``value`` is a Redis stream id ('ms' or 'ms-seq', each part below 2**64): Redis
+    refuses any other, which would break an event stream after its headers went out."""
+    if not re.match(r"^\d{1,20}(-\d{1,20})?$", value):
+        return False
+    return all(int(part) < 1 << 64 for part in value.split("-"))
 
 
 def _depth(value: Any, limit: int) -> bool:
@@ -442,7 +465,7 @@ def _routes(d: Dispatcher) -> APIRouter:
 
     @r.get(
         "/v1/workflows/{workflow_id}", response_model=WorkflowStatus, tags=["read"],
-        summary="Status, step history, result or error", responses=problem_responses(404),
+        summary="Status, step history, result or error", responses=problem_responses(404, 422),
     )  # fmt: skip
     async def status(request: Request, workflow_id: str = WorkflowId) -> Response:
         headers = await d.admit(request, "read")
@@ -454,7 +477,7 @@ def _routes(d: Dispatcher) -> APIRouter:
         summary="The result (long poll with ?wait=)",
         responses={
             202: {"model": ResultModel, "description": "not finished within the wait"},
-            **problem_responses(404),
+            **problem_responses(404, 422),
         },
     )  # fmt: skip
     async def result(
@@ -482,9 +505,10 @@ def _routes(d: Dispatcher) -> APIRouter:
         summary="Server-Sent Events: every step attempt, every ctx.emit, then the end",
         response_class=Response,
         responses={
-            200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
-                  "description": "event stream"},
-            **problem_responses(404),
+            200: {"content": {"text/event-stream": {"schema": SSE_EVENT}},
+                  "description": "event stream (the schema is one event's)"},
+            204: {"description": "the stream ended at or before Last-Event-ID: nothing follows"},
+            **problem_responses(400, 404, 422),
         },
     )  # fmt: skip
     async def events(
@@ -497,13 +521,15 @@ def _routes(d: Dispatcher) -> APIRouter:
         headers = await d.admit(request, "read")
         await d.client.status(workflow_id)  # 404 for an unknown workflow
         resume = request.headers.get("last-event-id") or last_event_id or "0"
-        if not re.match(r"^\d{1,20}(-\d{1,20})?$", resume):
+        if not _is_stream_id(resume):
             raise Problem(400, f"invalid Last-Event-ID {resume!r}", kind="bad-request")
+        if await d.queries.ended_by(workflow_id, resume):
+            return Response(status_code=204, headers=headers)  # EventSource stops reconnecting
         return event_stream(d.stream_queries, workflow_id, resume, request, headers)
 
     @r.get(
         "/v1/workflows", response_model=WorkflowPage, tags=["read"],
-        summary="Recent workflows, newest first", responses=problem_responses(400),
+        summary="Recent workflows, newest first", responses=problem_responses(400, 422),
     )  # fmt: skip
     async def list_workflows(
         request: Request,
@@ -525,7 +551,7 @@ def _routes(d: Dispatcher) -> APIRouter:
 
     @r.get(
         "/v1/waits", response_model=WaitPage, tags=["read"],
-        summary="Inbox of workflows waiting for a signal", responses=problem_responses(400),
+        summary="Inbox of workflows waiting for a signal", responses=problem_responses(400, 422),
     )  # fmt: skip
     async def waits(
         request: Request,
@@ -546,7 +572,7 @@ def _routes(d: Dispatcher) -> APIRouter:
         tags=["submit"], summary="Send a signal (resumes a wait, or is buffered for one)",
         openapi_extra={"requestBody": {"required": False, "description": "payload (JSON)",
                                        "content": {JSON: {"schema": ANY_JSON}}}},
-        responses=problem_responses(400, 404, 409, 415),
+        responses=problem_responses(400, 404, 409, 415, 422),
     )  # fmt: skip
     async def signal(
         request: Request,
@@ -560,14 +586,17 @@ def _routes(d: Dispatcher) -> APIRouter:
 
     @r.post(
         "/v1/workflows/{workflow_id}/cancel", response_model=CancelOutcome, tags=["admin"],
-        summary="Cancel a workflow wherever it is", responses=problem_responses(404),
+        summary="Cancel a workflow wherever it is", responses=problem_responses(404, 422),
     )  # fmt: skip
     async def cancel(request: Request, workflow_id: str = WorkflowId) -> Response:
         headers = await d.admit(request, "admin")
         final = await d.client.cancel(workflow_id)
         return _json({"id": workflow_id, "status": final}, 200, headers)
 
-    @r.get("/v1/dlq", response_model=DeadLetterList, tags=["admin"], summary="Dead letters")
+    @r.get(
+        "/v1/dlq", response_model=DeadLetterList, tags=["admin"], summary="Dead letters",
+        responses=problem_responses(422),
+    )  # fmt: skip
     async def dlq(request: Request, limit: int = Query(100, ge=1, le=10_000)) -> Response:
         headers = await d.admit(request, "admin")
         letters = await d.client.dead_letters(limit)
@@ -575,12 +604,14 @@ def _routes(d: Dispatcher) -> APIRouter:
 
     @r.post(
         "/v1/dlq/{entry}/replay", response_model=Replayed, tags=["admin"],
-        summary="Re-run a dead letter's failed step", responses=problem_responses(404, 409),
+        summary="Re-run a dead letter's failed step", responses=problem_responses(404, 409, 422),
     )  # fmt: skip
     async def replay(
         request: Request, entry: str = Path(pattern=r"^p\d{1,6}:\d{1,20}-\d{1,20}$")
     ) -> Response:
         headers = await d.admit(request, "admin")
+        if not _is_stream_id(entry.partition(":")[2]):  # Redis would refuse the id: an error
+            raise Problem(404, f"no dead letter {entry!r}", kind="dead-letter-not-found")
         wf_id = await d.client.replay(entry)
         return _json({"workflow_id": wf_id}, 200, headers)
 

@@ -69,6 +69,11 @@ def _parse_cursor(cursor: str | None) -> tuple[float, str] | None:
     return float(score), member
 
 
+def _stream_id(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
 class Queries:
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -83,11 +88,10 @@ class Queries:
         pipe = self.redis.pipeline(transaction=False)
         top = f"({after[0]:.0f}" if after else "+inf"
         for key in index:
-            if after:  # equal scores: the members at the cursor's score come again, filtered
-                pipe.zrevrangebyscore(key, after[0], "-inf", start=0, num=count * 4,
-                                      withscores=True)  # fmt: skip
-            else:
-                pipe.zrevrangebyscore(key, top, "-inf", start=0, num=count, withscores=True)
+            if after:  # every member at the cursor's own score (filtered below): a burst can
+                # put more of them in one millisecond than any fixed window would hold
+                pipe.zrevrangebyscore(key, after[0], after[0], withscores=True)
+            pipe.zrevrangebyscore(key, top, "-inf", start=0, num=count, withscores=True)
         merged: list[tuple[float, str]] = []
         for members in await pipe.execute():
             for member, score in members:
@@ -230,6 +234,13 @@ class Queries:
             for entry_id, fields in entries:
                 out.append((entry_id.decode(), {k.decode(): v for k, v in fields.items()}))
         return out
+
+    async def ended_by(self, workflow_id: str, after: str) -> bool:
+        """Whether the workflow's events ended (with 'end') at or before id ``after``."""
+        last = await self.redis.xrevrange(self.keys.events(workflow_id), count=1)
+        if not last or last[0][1].get(b"type") != b"end":
+            return False
+        return _stream_id(last[0][0].decode()) <= _stream_id(after)
 
     async def ready(self) -> list[str]:
         """What keeps this process from serving ([] when ready): Redis unreachable, or the
