@@ -597,6 +597,8 @@ class AsyncHttpClient:
                 async with self._http.stream(
                     "GET", call.path, headers=call.headers, timeout=timeout
                 ) as response:
+                    if response.status_code == 204:
+                        return  # nothing after last_event_id: the stream had already ended
                     if not response.is_success:
                         await response.aread()
                         error = _error(call, response)
@@ -730,6 +732,8 @@ class HttpClient:
                 with self._http.stream(
                     "GET", call.path, headers=call.headers, timeout=timeout
                 ) as response:
+                    if response.status_code == 204:
+                        return  # nothing after last_event_id: the stream had already ended
                     if not response.is_success:
                         response.read()
                         error = _error(call, response)

@@ -855,3 +855,48 @@ async def test_rate_limit_is_shared_by_two_api_processes(make_api: MakeApi) -> N
         assert remaining == list(range(10))
     async with aclient(one, "admin") as other_key:  # the limit is per key
         assert (await other_key.get("/v1/workflows")).status_code == 200
+
+
+async def test_tracebacks_only_for_admin_and_idempotency_keys_per_caller(
+    server: ApiServer,
+) -> None:
+    """A failed step's traceback (server paths, code) is shown to admin keys only; two API
+    keys that choose the same Idempotency-Key get two workflows, one key gets one."""
+    async with AsyncClient(app=engine(server)) as client:
+        failed = await client.start("orders", {"sku": "", "qty": 0})  # bypasses API validation
+    async with running(server):
+        await until(lambda: _finished(server, failed))
+    with server.client("admin") as admin, server.client("both") as reader:
+        assert admin.get(f"/v1/workflows/{failed}").json()["error"]["traceback"]
+        shown = reader.get(f"/v1/workflows/{failed}").json()
+        assert shown["error"]["type"] and shown["error"]["traceback"] is None
+        assert all(h["error"]["traceback"] is None for h in shown["history"] if h["error"])
+        result = reader.get(f"/v1/workflows/{failed}/result").json()
+        assert result["error"]["traceback"] is None
+        events = reader.get(f"/v1/workflows/{failed}/events", timeout=10).text
+        assert '"traceback":null' in events and "Traceback (most recent" not in events
+        key = {"Idempotency-Key": f"same-{uuid.uuid4().hex}"}
+        a = admin.post("/v1/workflows/orders", json={"sku": "a", "qty": 1}, headers=key)
+        b = reader.post("/v1/workflows/orders", json={"sku": "a", "qty": 1}, headers=key)
+        again = reader.post("/v1/workflows/orders", json={"sku": "a", "qty": 1}, headers=key)
+        assert a.json()["id"] != b.json()["id"] == again.json()["id"]
+        falsy = admin.post("/start", json={"workflow": ""})
+        assert_problem(falsy, 400)
+
+
+async def _finished(server: ApiServer, wf_id: str) -> bool:
+    async with aclient(server) as c:
+        return (await c.get(f"/v1/workflows/{wf_id}")).json()["status"] == "failed"
+
+
+def test_openapi_declares_the_bearer_scheme_and_headers(server: ApiServer) -> None:
+    doc = httpx.get(f"{server.url}/openapi.json").json()
+    assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    submit = doc["paths"]["/v1/workflows/{name}"]["post"]
+    assert submit["security"] == [{"bearer": []}]
+    headers = {p["name"] for p in submit["parameters"] if p["in"] == "header"}
+    assert headers == {"Idempotency-Key", "X-Request-ID"}
+    events = doc["paths"]["/v1/workflows/{workflow_id}/events"]["get"]
+    assert "Last-Event-ID" in {p["name"] for p in events["parameters"]}
+    health = doc["paths"]["/healthz"]["get"]
+    assert health["security"] == [] and "401" not in health["responses"]

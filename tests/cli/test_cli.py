@@ -219,3 +219,21 @@ def test_dev_runs_embedded_redis_and_worker(tmp_path: Path) -> None:
     assert "embedded Redis stopped" in output
     assert (tmp_path / "redis" / "redis.log").exists()
     assert list((tmp_path / "redis").glob("appendonly*"))  # data kept on disk (AOF)
+
+
+def test_api_key_prints_a_token_and_its_hash_only() -> None:
+    from conveyor.api.settings import hash_token, parse_key
+
+    made = conveyor("api-key", "--name", "ci-bot", "--scopes", "submit,read",
+                    env={"COLUMNS": "40"})  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    lines = dict(line.split(":  ", 1) if ":  " in line else line.split(": ", 1)
+                 for line in made.stdout.splitlines())  # fmt: skip
+    token, config = lines["token"].strip(), lines["config"].strip()
+    key = parse_key(config)  # whole on one line even in a narrow terminal
+    assert key.name == "ci-bot" and key.sha256 == hash_token(token) and token not in config
+    assert key.scopes == {"submit", "read"}
+    assert_one_line_error(conveyor("api-key", "--name", "a;b"), "invalid API key name 'a;b'")
+    assert_one_line_error(
+        conveyor("api-key", "--name", "x", "--scopes", "root"), "scopes must be some of"
+    )

@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
@@ -153,6 +154,24 @@ def _body(description: str, schema: dict[str, Any] | None = None) -> dict[str, A
     }
 
 
+def _headers(*names: str) -> dict[str, Any]:
+    """OpenAPI header parameters the handlers read themselves."""
+    described = {
+        "Idempotency-Key": "starting again with the same key (per API key) returns the same "
+        "workflow id and starts nothing (1 to 256 characters)",
+        "X-Request-ID": "correlation id, stored with the workflow and returned (generated "
+        "when absent)",
+        "Last-Event-ID": "resume after this event id (what the last event received had)",
+    }
+    return {
+        "parameters": [
+            {"name": n, "in": "header", "required": False, "description": described[n],
+             "schema": {"type": "string", "maxLength": 256}}
+            for n in names
+        ]
+    }  # fmt: skip
+
+
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(data), status, headers=headers, media_type=JSON)
 
@@ -216,6 +235,7 @@ class Dispatcher:
         Returns the RateLimit-* headers for the response."""
         key = self.auth.authenticate(request.headers.get("authorization"))
         self.auth.require(key, scope)
+        request.state.api_key = key
         if not self.settings.rate_limit:
             return {}
         limit = self._limit_for(key, request)
@@ -282,10 +302,23 @@ class Dispatcher:
 
     @staticmethod
     def idempotency_key(request: Request) -> str | None:
+        """The engine's idempotency key: the header, scoped to the calling API key, so two
+        callers choosing the same key do not share a workflow."""
         key = request.headers.get("idempotency-key")
-        if key is not None and not (0 < len(key) <= 256):
+        if key is None:
+            return None
+        if not (0 < len(key) <= 256):
             raise Problem(400, "Idempotency-Key must be 1 to 256 characters", kind="bad-request")
-        return key
+        caller = getattr(request.state, "api_key", None)
+        return f"{caller.name}/{key}" if caller is not None and caller.sha256 else key
+
+    @staticmethod
+    def redact(request: Request, error: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Tracebacks (server paths, code) only for admin keys."""
+        caller = getattr(request.state, "api_key", None)
+        if error and caller is not None and not caller.allows("admin"):
+            return {**error, "traceback": None}
+        return error
 
 
 def _with_redis(store: Any, redis: Any) -> Any:
@@ -319,6 +352,7 @@ def create_app(app: App, settings: ApiSettings | None = None) -> FastAPI:
         responses=problem_responses(401, 403, 413, 429, 503),
     )
     api.state.dispatcher = dispatcher
+    api.openapi = lambda: _openapi(api)  # type: ignore[method-assign]
     api.add_exception_handler(Problem, on_problem)
     api.add_exception_handler(HTTPException, on_http_error)
     api.add_exception_handler(RequestValidationError, on_validation_error)
@@ -330,6 +364,32 @@ def create_app(app: App, settings: ApiSettings | None = None) -> FastAPI:
     api.include_router(_routes(dispatcher))
     api.add_middleware(RequestHygiene, max_body=settings.max_body)
     return api
+
+
+UNAUTHENTICATED = {"/healthz", "/readyz", "/openapi.json", "/docs", "/redoc"}
+
+
+def _openapi(api: FastAPI) -> dict[str, Any]:
+    """FastAPI's document, plus the bearer scheme (so /docs can send a key), and without
+    the auth and rate-limit answers on the routes that need no key."""
+    if api.openapi_schema:
+        return api.openapi_schema
+    schema = get_openapi(
+        title=api.title, version=api.version, description=api.description, routes=api.routes
+    )
+    schema.setdefault("components", {})["securitySchemes"] = {
+        "bearer": {"type": "http", "scheme": "bearer", "description": "an API key"}
+    }
+    for path, operations in schema["paths"].items():
+        for operation in operations.values():
+            if path in UNAUTHENTICATED:
+                operation["security"] = []
+                for status in ("401", "403", "413", "429"):
+                    operation.get("responses", {}).pop(status, None)
+            else:
+                operation["security"] = [{"bearer": []}]
+    api.openapi_schema = schema
+    return schema
 
 
 # engine errors -> HTTP
@@ -364,10 +424,13 @@ async def _internal(request: Request, exc: Exception) -> Response:
     return problem_response(500, "internal error", kind="internal", instance=request.url.path)
 
 
-def _backpressure(exc: BackPressureError, accepted: list[str] | None = None) -> Problem:
+def _backpressure(
+    exc: BackPressureError, headers: dict[str, str], accepted: list[str] | None = None
+) -> Problem:
     wait = exc.retry_after or 1.0
     return Problem(
-        429, str(exc), kind="backpressure", headers={"Retry-After": str(max(1, math.ceil(wait)))},
+        429, str(exc), kind="backpressure",
+        headers={**headers, "Retry-After": str(max(1, math.ceil(wait)))},
         retry_after=wait, accepted=accepted,
     )  # fmt: skip
 
@@ -381,7 +444,9 @@ def _routes(d: Dispatcher) -> APIRouter:
 
     @r.post(
         "/v1/workflows/{name}", status_code=202, response_model=Submitted, tags=["submit"],
-        summary="Start a workflow", openapi_extra=_body("the workflow's input (any JSON)"),
+        summary="Start a workflow",
+        openapi_extra={**_body("the workflow's input (any JSON)"),
+                       **_headers("Idempotency-Key", "X-Request-ID")},
         responses=problem_responses(400, 404, 415, 422),
     )  # fmt: skip
     async def submit(
@@ -399,7 +464,7 @@ def _routes(d: Dispatcher) -> APIRouter:
                 request_id=d.request_id(request), delay=delay, max_steps=max_steps,
             )  # fmt: skip
         except BackPressureError as exc:
-            raise _backpressure(exc) from None
+            raise _backpressure(exc, headers) from None
         url = f"/v1/workflows/{wf_id}"
         headers["Location"] = url
         return _json({"id": wf_id, "status_url": url}, 202, headers)
@@ -407,7 +472,8 @@ def _routes(d: Dispatcher) -> APIRouter:
     @r.post(
         "/v1/workflows/{name}/batch", status_code=202, response_model=SubmittedBatch,
         tags=["submit"], summary="Start a workflow once per input",
-        openapi_extra=_body("a JSON array of inputs", {"type": "array", "items": ANY_JSON}),
+        openapi_extra={**_body("a JSON array of inputs", {"type": "array", "items": ANY_JSON}),
+                       **_headers("Idempotency-Key", "X-Request-ID")},
         responses=problem_responses(400, 404, 415, 422),
     )  # fmt: skip
     async def submit_batch(request: Request, name: str = Name) -> Response:
@@ -428,17 +494,20 @@ def _routes(d: Dispatcher) -> APIRouter:
         refused = [x for x in results if isinstance(x, BackPressureError)]
         if refused:
             accepted = [x for x in results if isinstance(x, str)]
-            raise _backpressure(refused[0], accepted)
+            raise _backpressure(refused[0], headers, accepted)
         return _json({"ids": results}, 202, headers)
 
     @r.post(
         "/start", status_code=202, response_model=Started, tags=["submit"],
         summary="Start a workflow (the reference architecture's route)",
-        openapi_extra=_body(
-            'a JSON object: "workflow" names it (default: the app\'s first workflow); the '
-            "other fields are its input",
-            {"type": "object"},
-        ),
+        openapi_extra={
+            **_body(
+                'a JSON object: "workflow" names it (default: the app\'s first workflow); the '
+                "other fields are its input",
+                {"type": "object"},
+            ),
+            **_headers("Idempotency-Key", "X-Request-ID"),
+        },
         responses=problem_responses(400, 404, 415, 422),
     )  # fmt: skip
     async def start(request: Request) -> Response:
@@ -447,8 +516,8 @@ def _routes(d: Dispatcher) -> APIRouter:
         if not isinstance(body, dict):
             raise Problem(400, 'the body must be a JSON object ({"workflow": ..., ...})')
         body = dict(body)
-        name = body.pop("workflow", None) or next(iter(d.app.workflows), None)
-        if not isinstance(name, str):
+        name = body.pop("workflow") if "workflow" in body else next(iter(d.app.workflows), None)
+        if not isinstance(name, str) or not name:
             raise Problem(400, '"workflow" must be a workflow name', kind="bad-request")
         d.validate_input(name, body)
         try:
@@ -457,7 +526,7 @@ def _routes(d: Dispatcher) -> APIRouter:
                 request_id=d.request_id(request),
             )  # fmt: skip
         except BackPressureError as exc:
-            raise _backpressure(exc) from None
+            raise _backpressure(exc, headers) from None
         headers["Location"] = f"/v1/workflows/{wf_id}"
         return _json({"workflow_id": wf_id}, 202, headers)
 
@@ -470,6 +539,12 @@ def _routes(d: Dispatcher) -> APIRouter:
     async def status(request: Request, workflow_id: str = WorkflowId) -> Response:
         headers = await d.admit(request, "read")
         st = await d.client.status(workflow_id)
+        if not request.state.api_key.allows("admin"):
+            if st.error is not None:
+                st.error.traceback = None
+            for record in st.history:
+                if record.error is not None:
+                    record.error.traceback = None
         return Response(st.model_dump_json(), headers=headers, media_type=JSON)
 
     @r.get(
@@ -497,7 +572,7 @@ def _routes(d: Dispatcher) -> APIRouter:
         if st.status == "completed":
             body["result"] = st.result
         elif st.error is not None:
-            body["error"] = st.error.model_dump()
+            body["error"] = d.redact(request, st.error.model_dump())
         return _json(body, 200, headers)
 
     @r.get(
@@ -510,6 +585,7 @@ def _routes(d: Dispatcher) -> APIRouter:
             204: {"description": "the stream ended at or before Last-Event-ID: nothing follows"},
             **problem_responses(400, 404, 422),
         },
+        openapi_extra=_headers("Last-Event-ID"),
     )  # fmt: skip
     async def events(
         request: Request,
@@ -525,7 +601,14 @@ def _routes(d: Dispatcher) -> APIRouter:
             raise Problem(400, f"invalid Last-Event-ID {resume!r}", kind="bad-request")
         if await d.queries.ended_by(workflow_id, resume):
             return Response(status_code=204, headers=headers)  # EventSource stops reconnecting
-        return event_stream(d.stream_queries, workflow_id, resume, request, headers)
+        return event_stream(
+            d.stream_queries,
+            workflow_id,
+            resume,
+            request,
+            headers,
+            redact=not request.state.api_key.allows("admin"),
+        )
 
     @r.get(
         "/v1/workflows", response_model=WorkflowPage, tags=["read"],

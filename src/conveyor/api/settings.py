@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,7 @@ from ..errors import ConfigurationError
 from ..limits import parse_rate
 
 SCOPES = ("submit", "read", "admin")
+_KEY_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 TOKEN_PREFIX = "cvk_"
 
 
@@ -47,6 +49,10 @@ def parse_key(line: str) -> ApiKey:
             "(run `conveyor api-key` to make one)"
         )
     name, digest, scopes = (p.strip() for p in parts)
+    if not _KEY_NAME.match(name):
+        raise ConfigurationError(
+            f"invalid API key name {name!r}: use 1 to 64 letters, digits, '_', '-' or '.'"
+        )
     if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest.lower()):
         raise ConfigurationError(
             f"API key {name!r}: the second field must be the token's SHA-256 in hex, never "

@@ -22,10 +22,15 @@ def _frame(event_id: str, kind: str, data: bytes) -> bytes:
     return b"id: %s\nevent: %s\ndata: %s\n\n" % (event_id.encode(), kind.encode(), data)
 
 
-def _data(fields: dict[str, Any]) -> tuple[str, bytes]:
+def _data(fields: dict[str, Any], redact: bool) -> tuple[str, bytes]:
     kind = fields.get("type", b"").decode() or "message"
     if kind == "step":
-        return kind, fields["data"]  # the history record, already JSON
+        record = fields["data"]  # the history record, already JSON
+        if redact and b'"traceback":"' in record:  # tracebacks only for admin keys
+            parsed = orjson.loads(record)
+            parsed["error"]["traceback"] = None
+            record = orjson.dumps(parsed)
+        return kind, record
     if kind == "emit":
         body = {
             "step": fields.get("step", b"").decode(),
@@ -38,7 +43,12 @@ def _data(fields: dict[str, Any]) -> tuple[str, bytes]:
 
 
 def event_stream(
-    queries: Queries, workflow_id: str, after: str, request: Request, headers: dict[str, str]
+    queries: Queries,
+    workflow_id: str,
+    after: str,
+    request: Request,
+    headers: dict[str, str],
+    redact: bool = False,
 ) -> StreamingResponse:
     async def events() -> AsyncIterator[bytes]:
         last = after
@@ -51,7 +61,7 @@ def event_stream(
                 yield b": keep-alive\n\n"
                 continue
             for event_id, fields in batch:
-                kind, data = _data(fields)
+                kind, data = _data(fields, redact)
                 last = event_id
                 yield _frame(event_id, kind, data)
                 if kind == "end":

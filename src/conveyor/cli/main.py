@@ -12,6 +12,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from redis.exceptions import RedisError
 from rich.console import Console
+from rich.markup import escape
 
 from ..client import AsyncClient
 from ..errors import ConveyorError, WorkflowFailedError
@@ -31,8 +32,10 @@ cli = typer.Typer(
 dlq = typer.Typer(help="List, replay and drop dead letters.", no_args_is_help=True)
 cli.add_typer(dlq, name="dlq")
 
-out = Console()
-err = Console(stderr=True)
+# no emoji codes (":b:" in a message is text) and no hard wrapping of long lines: ids, keys
+# and commands must come out whole when piped
+out = Console(emoji=False, soft_wrap=True)
+err = Console(stderr=True, emoji=False, soft_wrap=True)
 
 RedisUrl = Annotated[
     str | None,
@@ -55,7 +58,7 @@ Partitions = Annotated[
 
 
 def fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
