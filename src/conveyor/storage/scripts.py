@@ -18,7 +18,7 @@ from redis.exceptions import NoScriptError
 # name: number of KEYS (0: any number, the script says how it splits them). The file is
 # scripts/<name>.lua.
 SCRIPTS: dict[str, int] = {
-    "start": 4,
+    "start": 0,
     "commit": 0,
     "promote": 2,
     "heartbeat": 1,

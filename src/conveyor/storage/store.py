@@ -7,6 +7,7 @@ key or calls a transition script.
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -36,6 +37,8 @@ __all__ = ["COMMIT_BATCH", "StartRequest", "Store", "Transition", "now_ms"]
 
 #: Most transitions sent in one call of the commit script (bounds how long one call runs).
 COMMIT_BATCH = 64
+#: Most starts sent in one call of the start script.
+START_BATCH = 128
 
 
 @dataclass(slots=True)
@@ -54,7 +57,8 @@ def now_ms() -> int:
 
 
 def new_workflow_id() -> str:
-    return uuid.uuid4().hex
+    """32 random hex digits (as uuid4().hex, at a fifth of its cost: starts make many)."""
+    return os.urandom(16).hex()
 
 
 def idempotent_workflow_id(workflow: str, idempotency_key: str) -> str:
@@ -157,7 +161,7 @@ class Store:
             raise ValueError(f"delay must be >= 0 seconds, not {delay}")
         partition = self.keys.partition(workflow_id)
         keys = [
-            self.keys.workflow(workflow_id),
+            self.keys.workflow(workflow_id, partition),
             self.keys.stream(partition, queue),
             self.keys.delayed(partition, queue),
             self.keys.recent(partition),
@@ -188,31 +192,45 @@ class Store:
     async def start_many(
         self, requests: list[StartRequest]
     ) -> list[tuple[str, bool] | BackPressureError]:
-        """Run starts in one pipeline. Each result is (id, created) or the BackPressureError
-        of that start (its queue is full, or Redis is out of memory); other errors raise."""
-        calls = [self.scripts.args("start", r.keys, r.argv) for r in requests]
-        out: list[tuple[str, bool] | BackPressureError] = []
-        for request, reply in zip(
-            requests, await self.scripts.call_many(self.redis, calls), strict=True
+        """Run starts in one pipeline: one script call per partition for up to START_BATCH
+        of them. Each result is (id, created) or the BackPressureError of that start (its
+        queue is full, or Redis is out of memory); other errors raise."""
+        by_partition: dict[int, list[int]] = {}
+        for i, request in enumerate(requests):
+            by_partition.setdefault(request.partition, []).append(i)
+        calls: list[list[Any]] = []
+        owners: list[list[int]] = []
+        for members in by_partition.values():
+            for start in range(0, len(members), START_BATCH):
+                chunk = members[start : start + START_BATCH]
+                keys = [k for i in chunk for k in requests[i].keys]
+                argv = [a for i in chunk for a in requests[i].argv]
+                calls.append(self.scripts.args("start", keys, argv))
+                owners.append(chunk)
+        out: list[tuple[str, bool] | BackPressureError | None] = [None] * len(requests)
+        for chunk, reply in zip(
+            owners, await self.scripts.call_many(self.redis, calls), strict=True
         ):
             if isinstance(reply, ResponseError) and str(reply).startswith("OOM"):
-                out.append(BackPressureError(
-                    "Redis is out of memory (maxmemory reached): start refused; retry later",
-                    retry_after=5.0,
-                ))  # fmt: skip
+                for i in chunk:
+                    out[i] = BackPressureError(
+                        "Redis is out of memory (maxmemory reached): start refused; retry later",
+                        retry_after=5.0,
+                    )
                 continue
             if isinstance(reply, Exception):
                 raise reply
-            code, detail = reply
-            if code == ScriptCode.BACKPRESSURE:
-                out.append(BackPressureError(
-                    f"queue {request.queue!r} is full: partition {request.partition} holds "
-                    f"{int(detail)} tasks (bound {self.settings.backlog_per_partition}); "
-                    "retry later"
-                ))  # fmt: skip
-                continue
-            out.append((request.workflow_id, code == ScriptCode.OK))
-        return out
+            for i, (code, detail) in zip(chunk, reply, strict=True):
+                request = requests[i]
+                if code == ScriptCode.BACKPRESSURE:
+                    out[i] = BackPressureError(
+                        f"queue {request.queue!r} is full: partition {request.partition} holds "
+                        f"{int(detail)} tasks (bound {self.settings.backlog_per_partition}); "
+                        "retry later"
+                    )
+                else:
+                    out[i] = (request.workflow_id, code == ScriptCode.OK)
+        return [x for x in out if x is not None]
 
     # -- reading ----------------------------------------------------------------------------
 
