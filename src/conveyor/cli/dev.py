@@ -8,7 +8,7 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from rich.console import Console
@@ -61,22 +61,27 @@ def run_dev(
     app.settings = app.settings.replace(redis_url=redis_url, namespace=namespace)
     first = next(iter(app.workflows))
     port = _port_or_free(api_port) if api_port is not None else None
-    console.print(
-        f"workflows: {', '.join(app.workflows)}\n"
-        f"in another terminal:  export REDIS_URL={redis_url}\n"
-        f"                      conveyor start {first} --input '\"world\"' --wait"
-    )
-    if port is not None:
+
+    def ready() -> None:  # once the worker has registered the workflows: they can start
         console.print(
-            f"HTTP API (no API keys, localhost only) at [bold]http://127.0.0.1:{port}[/] "
-            f"(docs: http://127.0.0.1:{port}/docs)\n"
-            f"  curl -X POST http://127.0.0.1:{port}/v1/workflows/{first} "
-            "-H 'content-type: application/json' -d '\"world\"'"
+            f"workflows: {', '.join(app.workflows)}\n"
+            f"in another terminal:  export REDIS_URL={redis_url}\n"
+            f"                      conveyor start {first} --input '\"world\"' --wait",
+            soft_wrap=True,
         )
-    console.print("Ctrl-C stops everything.")
+        if port is not None:
+            console.print(
+                f"HTTP API (no API keys, localhost only) at [bold]http://127.0.0.1:{port}[/] "
+                f"(docs: http://127.0.0.1:{port}/docs)\n"
+                f"  curl -X POST http://127.0.0.1:{port}/v1/workflows/{first} "
+                "-H 'content-type: application/json' -d '\"world\"'",
+                soft_wrap=True,
+            )
+        console.print("Ctrl-C stops everything.")
+
     os.environ["REDIS_URL"] = redis_url
     try:
-        run_async(serve_with_api(app, WorkerOptions(concurrency=concurrency), port))
+        run_async(serve_with_api(app, WorkerOptions(concurrency=concurrency), port, ready))
     finally:
         if server is not None:
             server.stop()  # graceful: Redis flushes its AOF
@@ -84,11 +89,13 @@ def run_dev(
     exit_past_stuck_steps()
 
 
-async def serve_with_api(app: App, options: WorkerOptions, port: int | None) -> None:
+async def serve_with_api(
+    app: App, options: WorkerOptions, port: int | None, ready: Callable[[], None]
+) -> None:
     """The worker, and the HTTP API beside it on the same event loop; the worker's signal
     handling (drain on Ctrl-C) stops both."""
     if port is None:
-        await serve(app, options)
+        await serve(app, options, ready)
         return
     import uvicorn
 
@@ -106,7 +113,7 @@ async def serve_with_api(app: App, options: WorkerOptions, port: int | None) -> 
     server = EmbeddedServer(config)
     api = asyncio.create_task(server.serve(), name="conveyor-api")
     try:
-        await serve(app, options)
+        await serve(app, options, ready)
     finally:
         server.should_exit = True
         await api

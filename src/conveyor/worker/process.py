@@ -30,8 +30,9 @@ class WorkerOptions:
     settings: dict[str, Any] = field(default_factory=dict)
 
 
-async def serve(app: App, options: WorkerOptions) -> None:
-    """Run one worker until SIGTERM or SIGINT, then drain and return."""
+async def serve(app: App, options: WorkerOptions, ready: Callable[[], None] | None = None) -> None:
+    """Run one worker until SIGTERM or SIGINT, then drain and return. ``ready`` is called
+    once the worker has registered its workflows and reads its queues."""
     worker = Worker(
         app,
         concurrency=options.concurrency,
@@ -44,6 +45,9 @@ async def serve(app: App, options: WorkerOptions) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.request_stop)
     try:
+        await worker.start()
+        if ready is not None:
+            ready()
         await worker.run()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
