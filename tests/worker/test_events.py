@@ -65,3 +65,20 @@ async def test_emits_come_before_their_steps_end_in_order(
     # resuming after an event gives exactly the rest
     rest = await Queries(client.store).events(wf_id, ids[4], None)
     assert [i for i, _ in rest] == ids[5:]
+
+
+async def test_event_streams_can_be_turned_off(make_app: MakeApp, client_for: ClientFor) -> None:
+    wf = Workflow("quiet")
+
+    @wf.step
+    async def only(ctx, n: int):
+        ctx.emit("ignored")
+        return n
+
+    app = make_app(wf, events=False)
+    client = client_for(app)
+    wf_id = await client.start("quiet", 5)
+    await drain(app)
+    assert await client.result(wf_id, timeout=1) == 5
+    assert [h.status for h in (await client.status(wf_id)).history] == ["completed"]
+    assert not await client.redis.exists(client.store.keys.events(wf_id))

@@ -390,7 +390,7 @@ class Store:
         batches: dict[int, list[int]] = {}
         for i, t in enumerate(transitions):
             batches.setdefault(t.partition, []).append(i)
-        head = [self.settings.group, self._retention]
+        head = [self.settings.group, self._retention, "1" if self.settings.events else "0"]
         for members in batches.values():
             for start in range(0, len(members), COMMIT_BATCH):
                 chunk = members[start : start + COMMIT_BATCH]

@@ -33,8 +33,11 @@ class Emitter:
         self.loop = loop
 
     def emit(self, workflow_id: str, step: str, task: int, attempt: int, data: Any) -> None:
-        """Queue one event; callable from the loop or from a step's thread."""
+        """Queue one event; callable from the loop or from a step's thread. With event
+        streams off (``Settings.events``) nothing is written."""
         payload = codec.dumps(data)  # a TypeError reaches the step at once
+        if not self.store.settings.events:
+            return
         key = self.store.keys.events(workflow_id)
         fields = ["type", "emit", "step", step, "task", task, "attempt", attempt, "data", payload]
         if self.loop is None:

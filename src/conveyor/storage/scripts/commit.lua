@@ -6,6 +6,7 @@
 --
 -- ARGV[1]  consumer group
 -- ARGV[2]  retention of a finished workflow, seconds
+-- ARGV[3]  '1' to record the workflows' event streams (key 7), '0' not to
 -- Then per transition: its number of keys and of arguments, then the arguments; its keys are
 -- the next ones in KEYS.
 --
@@ -46,6 +47,7 @@
 -- acknowledged, or its task is no longer active; nothing but the ACK was written).
 local group = ARGV[1]
 local retention = ARGV[2]
+local events = ARGV[3] == '1'
 
 local function dead_letter(stream, A, from)
   local entry = {}
@@ -79,7 +81,7 @@ local function apply(K, A)
     return 0
   end
   local W = {key = K[2], history = K[3], pkey = K[4], pstream = K[5], stopped = K[6],
-    events = K[7],
+    events = events and K[7] or nil,
     id = A[6], name = A[7],
     request_id = A[8], state = A[9], channel = A[10], parent = A[12], now = A[5],
     retention = retention}
@@ -218,7 +220,7 @@ local function apply(K, A)
 end
 
 local codes = {}
-local k, a = 0, 2
+local k, a = 0, 3
 while a < #ARGV do
   local nk, na = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
   local K, A = {unpack(KEYS, k + 1, k + nk)}, {unpack(ARGV, a + 3, a + 2 + na)}

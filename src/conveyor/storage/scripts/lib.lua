@@ -9,7 +9,8 @@
 --   channel        pub/sub channel announcing finished workflows
 --   retention      seconds a finished workflow is kept
 --   pkey, pstream  the parent's state hash and the stream its continuation goes to (children)
---   events         the workflow's event stream (SSE): step records, emits, its end
+--   events         the workflow's event stream (SSE): step records, emits, its end; nil
+--                  when events are off
 --   stopped        the partition's set of workflows that stopped early (failed, cancelled);
 --                  also the name of the channel announcing them to workers (ctx.cancelled)
 --
@@ -20,7 +21,9 @@
 -- Append a step attempt's record to the history list and to the event stream.
 local function record(W, rec)
   redis.call('RPUSH', W.history, rec)
-  redis.call('XADD', W.events, '*', 'type', 'step', 'data', rec)
+  if W.events then
+    redis.call('XADD', W.events, '*', 'type', 'step', 'data', rec)
+  end
 end
 
 local function server_ms()
@@ -156,8 +159,10 @@ local function finish(W, status, field, value)
     'updated_at', W.now)
   redis.call('EXPIRE', W.key, W.retention)
   redis.call('EXPIRE', W.history, W.retention)
-  redis.call('XADD', W.events, '*', 'type', 'end', 'status', status)
-  redis.call('EXPIRE', W.events, W.retention)
+  if W.events then
+    redis.call('XADD', W.events, '*', 'type', 'end', 'status', status)
+    redis.call('EXPIRE', W.events, W.retention)
+  end
   redis.call('PUBLISH', W.channel, W.id)
   if status ~= 'completed' then
     -- tasks of it may still be queued (fan-out branches, a cancelled step): workers mirror
