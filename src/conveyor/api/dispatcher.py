@@ -54,6 +54,8 @@ def _is_stream_id(value: str) -> bool:
 
 
 _NAME_RE = re.compile(_NAME)
+#: Most per-caller limits kept in memory (one per key; per client address with auth off).
+MAX_LIMITS = 10_000
 
 
 def _param_error(loc: tuple[str, ...], msg: str) -> dict[str, Any]:
@@ -148,6 +150,9 @@ class Dispatcher:
         who = key.name if key.sha256 else f"ip-{request.client.host if request.client else '-'}"
         limit = self.limits.get(who)
         if limit is None:
+            if len(self.limits) >= MAX_LIMITS:  # many client addresses (auth off): stay small
+                self.limits.clear()
+                self.rate_limits.leases.clear()
             safe = re.sub(r"[^A-Za-z0-9_.\-]", "_", who)[:100]
             limit = Limit(f"api.{safe}", self.settings.rate_limit)
             self.limits[who] = limit
