@@ -45,7 +45,6 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
-import json
 import statistics
 import sys
 import threading
@@ -60,6 +59,7 @@ from throughput import (
     new_namespace,
     process_cpu,
     profile_report,
+    run_main,
     source_info,
     wait_for_count,
 )
@@ -78,7 +78,6 @@ from conveyor import (
     start_child,
     wait,
 )
-from conveyor.embedded import EmbeddedRedis
 from conveyor.storage.connection import connect
 from conveyor.worker import Stats
 from conveyor.workflow import FanOut, StartChild, Wait
@@ -642,29 +641,7 @@ async def run(args: argparse.Namespace, redis_url: str, redis_version: str) -> d
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.uvloop:
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    server: EmbeddedRedis | None = None
-    try:
-        if args.redis_url:
-            url, version = args.redis_url, "external"
-        else:
-            server = EmbeddedRedis(appendonly=False).start()
-            url, version = server.url, server.version
-        result = asyncio.run(run(args, url, version))
-    except (BenchError, ConveyorError) as exc:
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        if server is not None:
-            server.close()
-    if args.json:
-        json.dump(result, sys.stdout, indent=2, default=str)
-        print()
-    return 0
+    return run_main(parse_args(argv), run, (BenchError, ConveyorError))
 
 
 if __name__ == "__main__":

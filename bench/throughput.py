@@ -51,6 +51,7 @@ import sys
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -707,8 +708,13 @@ async def run(args: argparse.Namespace, redis_url: str, redis_version: str) -> d
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def run_main(
+    args: argparse.Namespace,
+    run: Callable[[argparse.Namespace, str, str], Coroutine[Any, Any, dict[str, Any]]],
+    expected: tuple[type[Exception], ...] = (),
+) -> int:
+    """Run a benchmark's ``run(args, redis_url, version)`` against ``--redis-url`` or a
+    private Redis, print ``--json`` output, and turn ``expected`` errors into exit code 1."""
     if args.uvloop:
         import uvloop
 
@@ -721,6 +727,9 @@ def main(argv: list[str] | None = None) -> int:
             server = EmbeddedRedis(appendonly=False).start()
             url, version = server.url, server.version
         result = asyncio.run(run(args, url, version))
+    except expected as exc:
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     finally:
         if server is not None:
             server.close()
@@ -728,6 +737,10 @@ def main(argv: list[str] | None = None) -> int:
         json.dump(result, sys.stdout, indent=2, default=str)
         print()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main(parse_args(argv), run)
 
 
 if __name__ == "__main__":

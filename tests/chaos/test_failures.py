@@ -83,6 +83,20 @@ async def wait_for(predicate: Any, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+async def kill_worker_inside_steps(
+    env: dict[str, str], r: aredis.Redis, namespace: str, steps: int
+) -> None:
+    """Run a worker process and SIGKILL it once it is inside ``steps`` steps (it has claimed
+    their entries): they are left pending for another worker to take over."""
+    doomed = spawn_worker(env, "--concurrency", "8")
+    try:
+        await wait_for(lambda: _int(r.get(f"{namespace}:running"), steps), 15, "steps to start")
+        doomed.send_signal(signal.SIGKILL)
+    finally:
+        doomed.kill()
+        doomed.communicate(timeout=10)
+
+
 async def assert_exactly_once(client: AsyncClient, ids: list[str]) -> list[Any]:
     results = []
     for i, wf_id in enumerate(ids):
@@ -98,14 +112,7 @@ async def assert_exactly_once(client: AsyncClient, ids: list[str]) -> list[Any]:
 async def test_sigkill_mid_step_another_worker_takes_over(setup: Any, namespace: str) -> None:
     app, client, r, env = setup
     ids = [await client.start("slow", i) for i in range(12)]
-    doomed = spawn_worker(env, "--concurrency", "8")
-    try:
-        # wait until the doomed worker has claimed entries and is inside steps
-        await wait_for(lambda: _int(r.get(f"{namespace}:running"), 4), 15, "steps to start")
-        doomed.send_signal(signal.SIGKILL)
-    finally:
-        doomed.kill()
-        doomed.communicate(timeout=10)
+    await kill_worker_inside_steps(env, r, namespace, 4)
     pending = sum([
         (await r.xpending(s, "agents"))["pending"] for s in client.store.keys.streams("default")
     ])  # fmt: skip
@@ -249,13 +256,7 @@ async def test_sigkill_mid_fan_out_joins_exactly_once(setup: Any, namespace: str
     join runs once (one join task committed) with every branch's result in item order."""
     app, client, r, env = setup
     ids = [await client.start("fan", n) for n in range(4)]
-    doomed = spawn_worker(env, "--concurrency", "8")
-    try:
-        await wait_for(lambda: _int(r.get(f"{namespace}:running"), 6), 15, "branches to start")
-        doomed.send_signal(signal.SIGKILL)
-    finally:
-        doomed.kill()
-        doomed.communicate(timeout=10)
+    await kill_worker_inside_steps(env, r, namespace, 6)
     rescuer = Worker(app, block_ms=50, reclaim_interval=0.2, promote_interval=0.02)
     await asyncio.wait_for(rescuer.run(until_idle=True), 60)
     assert rescuer.stats.reclaimed >= 1
