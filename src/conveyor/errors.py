@@ -111,3 +111,5 @@ class ScriptCode(IntEnum):
     NOT_FAILED = 4  # replay of a workflow that is not in the failed state
     FINISHED = 5  # the workflow already finished (cancel of a finished workflow)
     CHANGED = 6  # what the caller read before the call changed meanwhile: read again
+    ENDED_COMPLETED = 7  # committed, and the transition completed its workflow
+    ENDED_FAILED = 8  # committed, and the transition failed its workflow

@@ -181,7 +181,7 @@ async def test_complete_done_finishes_publishes_and_expires(
     await pubsub.subscribe(store.keys.finished_channel(task.partition))
     call = complete_call(store, task, record(task), next_step=None, next_queue=None,
                                payload=b'{"ok":true}', state=b"", now=5000)  # fmt: skip
-    assert await store.commit([call]) == [ScriptCode.OK]
+    assert await store.commit([call]) == [ScriptCode.ENDED_COMPLETED]
     status = await store.get(wf_id)
     assert status.status == "completed" and status.result == {"ok": True}
     assert status.finished_at is not None and status.finished_at.timestamp() == 5.0
@@ -230,7 +230,7 @@ async def test_fail_dead_letters_and_fails_workflow(store: Store, namespace: str
     error = {"type": "ValueError", "message": "bad", "traceback": "tb", "step": "a"}
     call = fail_call(store, task, record(task, "failed"), retry_delay=None, error=error,
                            reason="step failed", now=1000)  # fmt: skip
-    assert await store.commit([call]) == [ScriptCode.OK]
+    assert await store.commit([call]) == [ScriptCode.ENDED_FAILED]
     status = await store.get(wf_id)
     assert status.status == "failed" and status.error is not None
     assert (status.error.type, status.error.message, status.error.traceback) == (
@@ -374,7 +374,7 @@ async def test_scripts_reload_after_script_flush(store: Store) -> None:
     await store.redis.script_flush()
     call = complete_call(store, task, record(task), next_step=None, next_queue=None,
                                payload=b"1", state=b"", now=1)  # fmt: skip
-    assert await store.commit([call]) == [ScriptCode.OK]
+    assert await store.commit([call]) == [ScriptCode.ENDED_COMPLETED]
     assert (await store.get(wf_id)).status == "completed"
 
 
@@ -422,8 +422,11 @@ async def test_complete_batch_mixes_outcomes_and_partitions(store: Store, namesp
                            error={"type": "E", "message": "m"}, reason="r", now=1)  # fmt: skip
     # the first task both fails and completes: whichever runs first wins, the other is a duplicate
     results = await store.commit([fail, *calls, calls[3]])
-    assert results[0] == ScriptCode.OK and results[1] == ScriptCode.DUPLICATE
-    assert results[2:13] == [ScriptCode.OK] * 11 and results[13] == ScriptCode.DUPLICATE
+    assert results[0] == ScriptCode.ENDED_FAILED and results[1] == ScriptCode.DUPLICATE
+    # odd tasks end their workflows (no next step), even ones move on
+    ended, moved = ScriptCode.ENDED_COMPLETED, ScriptCode.OK
+    assert results[2:13] == [ended if i % 2 else moved for i in range(1, 12)]
+    assert results[13] == ScriptCode.DUPLICATE
     statuses = [(await store.get(i)).status for i in ids]
     # odd tasks finished; even ones moved on to "b", but task 0 had failed first
     assert statuses.count("failed") == 1 and statuses.count("completed") == 6

@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from .. import codec
+from ..observability.tracing import trace_id_of
 
 
 def from_ms(raw: bytes | str | int | None) -> datetime | None:
@@ -65,6 +66,7 @@ class WorkflowStatus(BaseModel):
     updated_at: datetime | None = None
     finished_at: datetime | None = None
     request_id: str | None = None
+    trace_id: str | None = Field(None, description="OpenTelemetry trace id (when traced)")
     waits: list[WaitInfo] = Field(default_factory=list)
     parent: str | None = Field(None, description="id of the parent (a child workflow)")
     children: list[str] = Field(default_factory=list, description="running child workflows")
@@ -122,6 +124,7 @@ class WorkflowStatus(BaseModel):
             updated_at=from_ms(fields.get(b"updated_at")),
             finished_at=from_ms(fields.get(b"finished_at")),
             request_id=text(b"request_id"),
+            trace_id=trace_id_of(text(b"trace") or ""),
             waits=waits,
             parent=parent.split("|", 1)[0] if parent else None,
             children=children,
@@ -165,6 +168,8 @@ class Task:
     frame: str = ""  # '' at the top level; '<group>|<index>|<step>|<join>' in a fan-out branch
     parent: str = ""  # a child workflow's '<parent id>|<task>|<step>|<queue>|<frame>'
     wait: str | None = None  # set on a wait's timer task: the signal it times out
+    trace: str = ""  # the trace carrier it came with (observability/tracing.py)
+    carry: str | None = None  # the carrier its transition passes on (None: ``trace``)
     deliveries: int = 1
 
     @property

@@ -27,6 +27,7 @@ from ..errors import (
     SignalError,
     WorkflowNotFoundError,
 )
+from ..observability.tracing import TRACING
 from ..settings import Settings
 from .keys import Keys
 from .records import DeadLetter, StepError, Task, WorkflowStatus, from_ms
@@ -160,6 +161,7 @@ class Store:
         if delay is not None and delay < 0:
             raise ValueError(f"delay must be >= 0 seconds, not {delay}")
         partition = self.keys.partition(workflow_id)
+        now = now_ms()
         keys = [
             self.keys.workflow(workflow_id, partition),
             self.keys.stream(partition, queue),
@@ -172,12 +174,13 @@ class Store:
             step,
             codec.dumps(input),
             self.settings.backlog_per_partition,
-            now_ms(),
+            now,
             request_id or "",
             max_steps,
             int((delay or 0) * 1000),
             "|".join(on_cancel) if on_cancel else "",
             self._retention,
+            TRACING.start_carrier(now, workflow),
         ]
         return StartRequest(workflow_id, partition, queue, keys, argv)
 
@@ -239,8 +242,8 @@ class Store:
         partition, queue = self.stream_info(stream)
         get = fields.get
         # positional, and the optional fields decoded inline: this runs once per task
-        request_id, frame, parent, wait = (
-            get(b"request_id"), get(b"frame"), get(b"parent"), get(b"wait"),
+        request_id, frame, parent, wait, trace = (
+            get(b"request_id"), get(b"frame"), get(b"parent"), get(b"wait"), get(b"trace"),
         )  # fmt: skip
         return Task(
             stream,
@@ -258,6 +261,7 @@ class Store:
             frame.decode() if frame else "",
             parent.decode() if parent else "",
             wait.decode() if wait else None,
+            trace.decode() if trace else "",
         )
 
     async def read(

@@ -1,7 +1,7 @@
 """Builds the transitions the worker commits: one per finished task, each applied by
 scripts/commit.lua (see its header for the exact layout of keys and arguments).
 
-Every transition carries the same seven leading keys and twelve leading arguments, then what
+Every transition carries the same seven leading keys and thirteen leading arguments, then what
 its action needs. Keys are built here from the task (all in the task's partition), so the
 runner only decides *what* happens, never *where* it is stored.
 """
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import codec
+from ..observability.tracing import TRACING
 from ..settings import Settings
 from .keys import Keys
 from .records import Task
@@ -75,6 +76,7 @@ class Transitions:
             self._finished[p],
             task.frame,
             task.parent,
+            task.trace if task.carry is None else task.carry,
         ]
         return keys, argv
 
@@ -153,8 +155,10 @@ class Transitions:
         base = self._base(task, "child", record, now, state)
         child_id = child_workflow_id(task.workflow_id, task.task)
         keys = [self.keys.workflow(child_id, task.partition), self._stream(task, first_queue)]
+        carry = task.trace if task.carry is None else task.carry
         argv = [
             child_id, child_workflow, first_step, payload, step, queue, max_steps, on_cancel,
+            TRACING.child_carrier(now, carry) if carry else "",
         ]  # fmt: skip
         return self._make(task, "child", base, keys, argv)
 
@@ -174,7 +178,7 @@ class Transitions:
             # a unique member even when two retries of one task are due at once
             "nonce": uuid.uuid4().hex[:8],
         }
-        for name in ("request_id", "frame", "parent", "wait"):
+        for name in ("request_id", "frame", "parent", "wait", "trace"):
             value = getattr(task, name)
             if value:
                 member[name] = value
@@ -205,7 +209,7 @@ class Transitions:
             "error", codec.dumps(error),
             "failed_at", now,
         ]  # fmt: skip
-        for name in ("request_id", "frame", "parent"):
+        for name in ("request_id", "frame", "parent", "trace"):
             value = getattr(task, name)
             if value:
                 fields += [name, value]
@@ -229,7 +233,7 @@ class Transitions:
         dead_stream = self.keys.dead(partition)
         # the workflow slots are unused: they repeat keys of the same partition (hash slot)
         keys = [stream, *[dead_stream] * 3, stream, *[dead_stream] * 3]
-        argv = ["poison", entry_id, "", b"", now, "", "", "", b"", "", "", "", *dead]
+        argv = ["poison", entry_id, "", b"", now, "", "", "", b"", "", "", "", "", *dead]
         return Transition(partition, keys, argv, "poison")
 
 

@@ -25,7 +25,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   return {3, ''}
 end
 local f = redis.call('HMGET', KEYS[1], 'status', 'workflow', 'request_id', 'parent',
-  'on_cancel', 'step', 'state')
+  'on_cancel', 'step', 'state', 'trace')
 local status = f[1]
 if status == 'completed' or status == 'failed' or status == 'cancelled' then
   return {5, status}
@@ -33,6 +33,7 @@ end
 local W = {key = KEYS[1], history = KEYS[2], pkey = KEYS[4], pstream = KEYS[5],
   stopped = KEYS[6], events = KEYS[7], id = ARGV[4],
   name = f[2], request_id = f[3] or '', parent = f[4] or '', state = f[7] or '',
+  trace = f[8] or '',
   now = ARGV[1], channel = ARGV[3], retention = ARGV[2]}
 local out = {0, 'cancelled'}
 for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do

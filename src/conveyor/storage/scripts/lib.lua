@@ -5,6 +5,9 @@
 --   key, history   its state hash and history list
 --   id, name       workflow id and name
 --   request_id, parent, state   carried by every task it enqueues ('' when none)
+--   trace          the trace carrier every task it enqueues gets: '<workflow start ms>' and
+--                  the W3C traceparent of the span that caused the task (observability/
+--                  tracing.py); opaque here, '' when none
 --   now            ms since the epoch (the caller's clock: informational timestamps)
 --   channel        pub/sub channel announcing finished workflows
 --   retention      seconds a finished workflow is kept
@@ -44,6 +47,7 @@ local function task_fields(W, step, seq, input, frame, extra)
     'attempt', '1', 'input', input}
   push(f, 'state', W.state)
   push(f, 'request_id', W.request_id)
+  push(f, 'trace', W.trace)
   push(f, 'parent', W.parent)
   push(f, 'frame', frame)
   if extra then
@@ -132,9 +136,9 @@ local function resume_parent(W, status, value)
     input = failure_marker(error_json('WorkflowCancelled',
       'child workflow ' .. W.id .. ' was cancelled'), W.id)
   end
-  local p = redis.call('HMGET', W.pkey, 'workflow', 'request_id', 'parent', 'state')
+  local p = redis.call('HMGET', W.pkey, 'workflow', 'request_id', 'parent', 'state', 'trace')
   local P = {id = pid, name = p[1], request_id = p[2] or '', parent = p[3] or '',
-    state = p[4] or ''}
+    state = p[4] or '', trace = p[5] or ''}
   redis.call('HSET', W.pkey, 'updated_at', W.now)
   if frame == '' then
     redis.call('HSET', W.pkey, 'step', step)
@@ -145,6 +149,7 @@ end
 -- End a workflow: deactivate every task and wait, record the outcome, start the retention
 -- clock, announce it, and resume the parent of a child workflow.
 local function finish(W, status, field, value)
+  W.ended = status
   if status ~= 'completed' then
     -- a workflow completes only from its top level, with nothing else active (branches
     -- join first, a wait or child resumes it); stopping early may leave tasks and waits

@@ -38,7 +38,7 @@ local fields = {'workflow_id', e.workflow_id, 'workflow', e.workflow, 'step', e.
 if e.state and e.state ~= '' then
   table.insert(fields, 'state'); table.insert(fields, e.state)
 end
-for _, name in ipairs({'request_id', 'parent', 'frame'}) do
+for _, name in ipairs({'request_id', 'parent', 'frame', 'trace'}) do
   if e[name] and e[name] ~= '' then
     table.insert(fields, name); table.insert(fields, e[name])
   end

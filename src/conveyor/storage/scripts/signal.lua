@@ -20,7 +20,8 @@
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {3, ''}
 end
-local f = redis.call('HMGET', KEYS[1], 'status', 'workflow', 'request_id', 'parent', 'state')
+local f = redis.call('HMGET', KEYS[1], 'status', 'workflow', 'request_id', 'parent', 'state',
+  'trace')
 local status = f[1]
 if status == 'completed' or status == 'failed' or status == 'cancelled' then
   return {5, status}
@@ -59,6 +60,6 @@ if wait.frame == '' then
   redis.call('HSET', KEYS[1], 'step', wait.step)
 end
 local W = {id = ARGV[6], name = f[2], request_id = f[3] or '', parent = f[4] or '',
-  state = f[5] or ''}
+  state = f[5] or '', trace = f[6] or ''}
 enqueue(KEYS[3], W, wait.step, wait.task, ARGV[2], wait.frame)
 return {0, 'delivered'}

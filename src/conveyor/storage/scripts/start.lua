@@ -1,7 +1,7 @@
 -- uses lib
 -- start: create workflows and enqueue (or, with a delay, schedule) their first tasks, each
 -- atomically. Takes a batch of starts of one partition (one hash slot): one call for many
--- amortises the script's own cost. For start i, k = 4 * (i - 1) and a = 11 * (i - 1):
+-- amortises the script's own cost. For start i, k = 4 * (i - 1) and a = 12 * (i - 1):
 --
 -- KEYS[k+1]  workflow state hash     ns:{pN}:wf:<id>
 -- KEYS[k+2]  task stream of the first step's queue   ns:{pN}:q:<queue>
@@ -18,6 +18,7 @@
 -- ARGV[a+9]  delay before the first step, ms ('' or 0: none; the server's clock decides)
 -- ARGV[a+10] on_cancel step as '<step>|<queue>' ('' when none)
 -- ARGV[a+11] retention, seconds: index entries older than that are trimmed
+-- ARGV[a+12] trace carrier ('' when none), kept in the hash and carried by its tasks
 --
 -- Returns one {code, status} per start:
 --   {0, 'running'}   created and enqueued
@@ -35,11 +36,12 @@ local function start(K, A)
     'created_at', A[6], 'updated_at', A[6], 'seq', 1, 't:1', A[3], 'max_steps', A[8]}
   push(fields, 'request_id', A[7])
   push(fields, 'on_cancel', A[10])
+  push(fields, 'trace', A[12])
   redis.call('HSET', K[1], unpack(fields))
   local created = tonumber(A[6])
   redis.call('ZADD', K[4], created, A[1])
   redis.call('ZREMRANGEBYSCORE', K[4], '-inf', created - tonumber(A[11]) * 1000)
-  local W = {id = A[1], name = A[2], request_id = A[7], parent = '', state = ''}
+  local W = {id = A[1], name = A[2], request_id = A[7], parent = '', state = '', trace = A[12]}
   local delay = tonumber(A[9]) or 0
   if delay > 0 then
     schedule(K[3], W, A[3], 1, A[4], '', delay)
@@ -53,6 +55,6 @@ end
 local out = {}
 for i = 0, #KEYS / 4 - 1 do
   out[i + 1] = start({unpack(KEYS, 4 * i + 1, 4 * i + 4)},
-    {unpack(ARGV, 11 * i + 1, 11 * i + 11)})
+    {unpack(ARGV, 12 * i + 1, 12 * i + 12)})
 end
 return out

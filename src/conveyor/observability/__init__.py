@@ -1,0 +1,2 @@
+"""Observability: Prometheus metrics, the queue exporter, OpenTelemetry tracing and the
+live terminal view (docs/observability.md)."""

@@ -1,0 +1,235 @@
+"""OpenTelemetry tracing, optional: ``pip install 'conveyor[otel]'``.
+
+One workflow is one trace. Every task a workflow creates carries a *trace carrier* (its
+``trace`` field, stored opaquely by the Lua scripts like the request id): the workflow's start
+time in ms and the W3C ``traceparent`` of the span that caused the task. The API request's
+span (or a ``start`` span of the client) is the root; each step runs in a span whose parent
+is the span of the step that enqueued it, so a fan-out's branches hang under the step that
+fanned out and a child workflow's steps under the step that started it. Tasks created by an
+outside event (a signal, a cancellation, a parent resumed by its child) hang under the
+workflow's root span, which the workflow's hash keeps.
+
+Tracing is on when a real TracerProvider is installed: by :func:`setup_tracing` (the
+``conveyor`` commands call it; it configures OTLP export from the standard ``OTEL_*``
+variables) or by the application itself. Otherwise, and when the SDK is not installed,
+:data:`TRACING` is disabled and every hook is one attribute check: the carrier then holds
+only the start time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+if TYPE_CHECKING:
+    from ..storage.records import Task
+
+log = logging.getLogger("conveyor.tracing")
+
+_PROPAGATOR = TraceContextTextMapPropagator()
+INSTRUMENTATION = "conveyor"
+
+
+# -- the carrier ------------------------------------------------------------------------------
+
+
+def carrier(started_ms: int, traceparent: str = "") -> str:
+    """``'<start ms>'`` or ``'<start ms> <traceparent>'``."""
+    return f"{started_ms} {traceparent}" if traceparent else str(started_ms)
+
+
+def split(value: str) -> tuple[int | None, str]:
+    """(workflow start in ms or None, traceparent or '') of a carrier."""
+    if not value:
+        return None, ""
+    head, _, traceparent = value.partition(" ")
+    try:
+        return int(head), traceparent
+    except ValueError:
+        return None, ""
+
+
+def trace_id_of(value: str) -> str | None:
+    """The 32-hex trace id in a carrier's traceparent, or None."""
+    traceparent = split(value)[1]
+    parts = traceparent.split("-")
+    return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else None
+
+
+def _traceparent(span: trace.Span) -> str:
+    headers: dict[str, str] = {}
+    _PROPAGATOR.inject(headers, trace.set_span_in_context(span))
+    return headers.get("traceparent", "")
+
+
+def _context_of(traceparent: str) -> otel_context.Context | None:
+    if not traceparent:
+        return None
+    return _PROPAGATOR.extract({"traceparent": traceparent})
+
+
+# -- the switch ---------------------------------------------------------------------------------
+
+
+class Tracing:
+    """Conveyor's spans. ``enabled`` is decided when a process starts serving (see
+    :meth:`refresh`): with no TracerProvider configured it stays False and nothing is traced."""
+
+    def __init__(self) -> None:
+        self.enabled = False
+        self.tracer: trace.Tracer | None = None
+
+    def refresh(self) -> bool:
+        """Turn tracing on when a real TracerProvider is installed (the SDK's, or any other
+        than OpenTelemetry's default proxy / no-op ones)."""
+        provider = trace.get_tracer_provider()
+        off = os.environ.get("CONVEYOR_TRACING", "").lower() in ("0", "off", "false", "no")
+        real = not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+        self.enabled = real and not off
+        self.tracer = provider.get_tracer(INSTRUMENTATION) if self.enabled else None
+        return self.enabled
+
+    # -- producing: the root of a workflow's trace --------------------------------------------
+
+    def start_carrier(self, started_ms: int, workflow: str) -> str:
+        """The carrier of a new workflow: under the active span (the API request's), else
+        under a short ``start <workflow>`` span that roots the workflow's trace."""
+        if not self.enabled or self.tracer is None:
+            return str(started_ms)
+        span = trace.get_current_span()
+        if span.get_span_context().is_valid:
+            return carrier(started_ms, _traceparent(span))
+        with self.tracer.start_as_current_span(
+            f"start {workflow}", kind=SpanKind.PRODUCER, attributes={"workflow.name": workflow}
+        ) as root:
+            return carrier(started_ms, _traceparent(root))
+
+    def child_carrier(self, started_ms: int, parent: str) -> str:
+        """The carrier of a child workflow started by the step whose carrier is ``parent``."""
+        return carrier(started_ms, split(parent)[1])
+
+    # -- consuming: a span per step -----------------------------------------------------------
+
+    def start_step(self, task: Task) -> trace.Span | None:
+        """Start the span of one step attempt, under the span that enqueued the task; its
+        carrier becomes what the step's transition passes on (``task.carry``)."""
+        if self.tracer is None:
+            return None
+        started, traceparent = split(task.trace)
+        span = self.tracer.start_span(
+            f"{task.workflow}.{task.step}",
+            context=_context_of(traceparent),
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "workflow.id": task.workflow_id,
+                "workflow.name": task.workflow,
+                "step": task.step,
+                "attempt": task.attempt,
+                "queue": task.queue,
+                "task": task.task,
+            },
+        )
+        task.carry = carrier(started or 0, _traceparent(span)) if started else ""
+        return span
+
+    @staticmethod
+    @contextmanager
+    def active(span: trace.Span | None) -> Iterator[None]:
+        """Make ``span`` current while a step runs (its own spans and logs nest under it)."""
+        if span is None:
+            yield
+            return
+        token = otel_context.attach(trace.set_span_in_context(span))
+        try:
+            yield
+        finally:
+            otel_context.detach(token)
+
+    @staticmethod
+    def end_step(span: trace.Span | None, kind: str, error: BaseException | None) -> None:
+        if span is None:
+            return
+        span.set_attribute("outcome", kind)
+        if error is not None:
+            span.record_exception(error)
+            span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+        span.end()
+
+
+TRACING = Tracing()
+
+
+def current_trace_id() -> str | None:
+    """The active span's trace id as 32 hex digits (for logs), or None."""
+    if not TRACING.enabled:
+        return None
+    ctx = trace.get_current_span().get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.is_valid else None
+
+
+def setup_tracing(service_name: str) -> bool:
+    """Configure the OpenTelemetry SDK for a ``conveyor`` process from the standard
+    ``OTEL_*`` variables, when the SDK is installed and export is asked for
+    (``OTEL_EXPORTER_OTLP_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``, or
+    ``OTEL_TRACES_EXPORTER`` = ``otlp`` | ``console``). Does nothing when the application
+    configured a provider itself, or with ``OTEL_SDK_DISABLED=true``. Returns whether
+    tracing is on."""
+    if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return TRACING.refresh()
+    if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        return TRACING.refresh()  # the application set one up
+    exporter_name = os.environ.get("OTEL_TRACES_EXPORTER", "").lower()
+    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_ENDPOINT"
+    )
+    if exporter_name in ("", "none") and not (endpoint and exporter_name != "none"):
+        return TRACING.refresh()
+    try:
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import (
+            BatchSpanProcessor,
+            ConsoleSpanExporter,
+            SpanExporter,
+        )
+    except ImportError:
+        log.warning(
+            "OTEL_* tracing variables are set but the OpenTelemetry SDK is not installed: "
+            "pip install 'conveyor[otel]'"
+        )
+        return TRACING.refresh()
+    exporter: SpanExporter
+    if exporter_name == "console":
+        exporter = ConsoleSpanExporter()
+    else:
+        try:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        except ImportError:
+            log.warning("the OTLP exporter is not installed: pip install 'conveyor[otel]'")
+            return TRACING.refresh()
+        exporter = OTLPSpanExporter()  # endpoint, headers, timeout: from OTEL_EXPORTER_OTLP_*
+    resource = Resource.create()  # OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES
+    if not os.environ.get("OTEL_SERVICE_NAME") and "service.name=" not in os.environ.get(
+        "OTEL_RESOURCE_ATTRIBUTES", ""
+    ):
+        resource = resource.merge(Resource({"service.name": service_name}))
+    provider = TracerProvider(resource=resource)
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    return TRACING.refresh()
+
+
+def shutdown_tracing() -> None:
+    """Flush spans still buffered (a worker process about to exit)."""
+    provider = trace.get_tracer_provider()
+    shutdown = getattr(provider, "shutdown", None)
+    if TRACING.enabled and callable(shutdown):
+        shutdown()
