@@ -27,6 +27,7 @@ from .errors import (
     WorkflowCancelledError,
     WorkflowFailedError,
 )
+from .observability.metrics import count_refused, count_started
 from .settings import Settings
 from .storage.connection import connect
 from .storage.records import DeadLetter, WorkflowStatus
@@ -159,7 +160,13 @@ class AsyncClient:
             delay=delay,
             on_cancel=route.on_cancel,
         )
-        workflow_id, _ = await self._starts.call(request)
+        try:
+            workflow_id, created = await self._starts.call(request)
+        except BackPressureError:
+            count_refused(workflow, "backpressure")
+            raise
+        if created:
+            count_started(workflow)
         return workflow_id
 
     async def start_many(
@@ -193,6 +200,10 @@ class AsyncClient:
         for start in range(0, len(requests), START_CHUNK):
             for result in await self.store.start_many(requests[start : start + START_CHUNK]):
                 out.append(result if isinstance(result, BackPressureError) else result[0])
+                if isinstance(result, BackPressureError):
+                    count_refused(workflow, "backpressure")
+                elif result[1]:
+                    count_started(workflow)
         return out
 
     async def _check_partitions(self) -> None:

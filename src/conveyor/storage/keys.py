@@ -101,16 +101,19 @@ class Keys:
         return f"{self.namespace}:workflows"
 
     def worker(self, name: str) -> str:
-        """Liveness key of one worker process (expires unless refreshed)."""
+        """Liveness key of one worker process (expires unless refreshed): its heartbeat, a
+        JSON object (see worker/lease.py) that the exporter and `conveyor top` read."""
         return f"{self.namespace}:worker:{name}"
+
+    @property
+    def workers(self) -> str:
+        """Sorted set of worker names (score: last heartbeat, ms), so readers find the live
+        workers' keys without a SCAN; members whose key expired are removed by readers."""
+        return f"{self.namespace}:workers"
 
     def cache(self, digest: str) -> str:
         """Memoised result of a step (``cache_ttl``), by digest of (workflow, step, input)."""
         return f"{self.namespace}:cache:{digest}"
-
-    @property
-    def worker_pattern(self) -> str:
-        return f"{self.namespace}:worker:*"
 
     def streams(self, queue: str) -> list[str]:
         return [self.stream(p, queue) for p in range(self.partitions)]

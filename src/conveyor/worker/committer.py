@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import ScriptCode
+from ..observability.metrics import WorkerMetrics
 from ..storage.connection import UNAVAILABLE
 from ..storage.records import Task
 from ..storage.store import Store, Transition
@@ -27,6 +28,7 @@ class Stats:
     """Counters of one worker process (read by tests, benchmarks and `conveyor top`)."""
 
     completed: int = 0
+    failed: int = 0  # attempts that raised (retried or dead-lettered)
     retried: int = 0
     dead: int = 0
     duplicates: int = 0
@@ -46,10 +48,12 @@ class Committer:
         stats: Stats,
         on_done: Callable[[Task | None], None],
         on_retry: Callable[[], None] = lambda: None,  # something was scheduled
+        metrics: WorkerMetrics | None = None,
         max_batch: int = 128,
         lanes: int = 4,
     ) -> None:
         self.on_retry = on_retry
+        self.metrics = metrics
         self.lanes = lanes
         self._in_flight = 0  # batches being committed right now
         self.store = store
@@ -102,6 +106,8 @@ class Committer:
             self.stats.batches += 1
             for (call, task, kind), result in zip(batch, results, strict=True):
                 self._count(task, kind, result)
+                if self.metrics is not None:
+                    self._measure(call, task, kind, result)
                 if call.action in SCHEDULES and result == ScriptCode.OK:
                     self.on_retry()  # a timer is waiting in a delayed set: poll it closely
                 self.on_done(task)
@@ -144,6 +150,7 @@ class Committer:
             self.stats.cached += 1
         elif kind == "retried":
             self.stats.retried += 1
+            self.stats.failed += 1
         elif kind == "limited":
             self.stats.limited += 1
         elif kind == "dropped":
@@ -152,6 +159,18 @@ class Committer:
             self.stats.poison += 1
         else:
             self.stats.dead += 1
+            if kind == "dead":
+                self.stats.failed += 1
+
+    def _measure(
+        self, call: Transition, task: Task | None, kind: str, result: int | Exception
+    ) -> None:
+        assert self.metrics is not None
+        if isinstance(result, Exception):
+            self.metrics.commit_error()
+            return
+        queue = task.queue if task is not None else self.store.stream_info(call.keys[0])[1]
+        self.metrics.committed(task, queue, kind, result)
 
     async def drain(self) -> None:
         """Commit everything submitted so far, then stop the loop."""

@@ -1,5 +1,5 @@
 """Keeps this worker's claims alive: renews the lease of every entry it runs, well inside
-the visibility timeout, and refreshes the worker's own liveness key."""
+the visibility timeout; and publishes the worker's heartbeat each second."""
 
 from __future__ import annotations
 
@@ -7,19 +7,33 @@ import logging
 import os
 import socket
 import time
+from typing import Any
 
 from .. import codec
+from ..observability.metrics import WorkerMetrics
 from ..storage.store import Store
+from .committer import Stats
 from .inflight import InFlight
 
 log = logging.getLogger("conveyor.worker")
 
 
 class LeaseKeeper:
-    def __init__(self, store: Store, consumer: str, inflight: InFlight, queues: list[str]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        consumer: str,
+        inflight: InFlight,
+        queues: list[str],
+        concurrency: int = 0,
+        stats: Stats | None = None,
+        metrics: WorkerMetrics | None = None,
+    ) -> None:
         self.store = store
         self.consumer = consumer
         self.inflight = inflight
+        self.stats = stats
+        self.metrics = metrics
         self.started = time.time()
         self.info = {
             "name": consumer,
@@ -27,6 +41,7 @@ class LeaseKeeper:
             "pid": os.getpid(),
             "queues": queues,
             "started_at": self.started,
+            "concurrency": concurrency,
         }
 
     @property
@@ -41,10 +56,32 @@ class LeaseKeeper:
                 # Another worker took these over (this one stalled past the visibility
                 # timeout). The steps go on; whichever commit comes second is dropped.
                 log.warning("lease lost on %d entries: %s", len(lost), lost[:5])
-        info = {**self.info, "in_flight": len(self.inflight), "seen_at": time.time()}
-        await self.store.redis.set(
-            self.store.keys.worker(self.consumer), codec.dumps(info), ex=self.ttl
-        )
+
+    async def publish(self) -> None:
+        """The heartbeat: this worker's liveness key, holding what the exporter and
+        `conveyor top` show (counters since start, recent latency percentiles), and its
+        entry in the registry of workers."""
+        in_flight = len(self.inflight)
+        info: dict[str, Any] = {**self.info, "in_flight": in_flight, "seen_at": time.time()}
+        if self.stats is not None:
+            info["stats"] = {name: getattr(self.stats, name) for name in HEARTBEAT_STATS}
+        if self.metrics is not None:
+            self.metrics.flush(in_flight)
+            info["latency"] = self.metrics.latency()
+        keys = self.store.keys
+        pipe = self.store.redis.pipeline(transaction=False)
+        pipe.set(keys.worker(self.consumer), codec.dumps(info), ex=self.ttl)
+        pipe.zadd(keys.workers, {self.consumer: int(time.time() * 1000)})
+        await pipe.execute()
 
     async def forget(self) -> None:
-        await self.store.redis.delete(self.store.keys.worker(self.consumer))
+        pipe = self.store.redis.pipeline(transaction=False)
+        pipe.delete(self.store.keys.worker(self.consumer))
+        pipe.zrem(self.store.keys.workers, self.consumer)
+        await pipe.execute()
+
+
+HEARTBEAT_STATS = (
+    "completed", "failed", "retried", "dead", "reclaimed", "duplicates", "cached", "limited",
+    "dropped", "poison",
+)  # fmt: skip

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..app import App
+from ..observability import metrics
+from ..observability.tracing import setup_tracing, shutdown_tracing
 from .worker import Worker
 
 log = logging.getLogger("conveyor.worker")
@@ -28,6 +30,8 @@ class WorkerOptions:
     threads: int | None = None
     drain_timeout: float = 30.0
     settings: dict[str, Any] = field(default_factory=dict)
+    metrics_port: int | None = None  # serve /metrics (of every process) on this port
+    metrics_host: str = "0.0.0.0"
 
 
 async def serve(app: App, options: WorkerOptions, ready: Callable[[], None] | None = None) -> None:
@@ -72,7 +76,11 @@ def run_async(main: Coroutine[Any, Any, None]) -> None:
 
 
 def run_in_this_process(app: App, options: WorkerOptions) -> None:
-    run_async(serve(app, options))
+    setup_tracing("conveyor-worker")
+    try:
+        run_async(serve(app, options))
+    finally:
+        shutdown_tracing()  # flush the spans still buffered
     exit_past_stuck_steps()
 
 
@@ -95,7 +103,7 @@ def _child(app_ref: str, options: WorkerOptions, log_level: str) -> None:
     from ..loader import load_app
     from ..logs import setup_logging
 
-    setup_logging(log_level)
+    setup_logging(log_level)  # the format travels in CONVEYOR_LOG_FORMAT
     app = load_app(app_ref)
     if options.settings:
         app.settings = app.settings.replace(**options.settings)
@@ -146,6 +154,8 @@ class Supervisor:
             for slot, proc in list(self.children.items()):
                 if proc.is_alive() or self.stopping:
                     continue
+                if proc.pid:
+                    metrics.process_died(proc.pid)
                 # A child died on its own (crash, OOM kill): restart it, backing off if it
                 # keeps dying, so a broken deployment does not spin.
                 if time.monotonic() - started[slot] > 60:
@@ -173,7 +183,23 @@ def run_workers(
     app_ref: str, app: App, processes: int, options: WorkerOptions, log_level: str
 ) -> int:
     if processes <= 1:
+        if options.metrics_port is not None:
+            metrics.serve(options.metrics_port, options.metrics_host)
+            log.info("metrics at http://%s:%d/metrics", options.metrics_host, options.metrics_port)
         run_in_this_process(app, options)
         return 0
     sys.stdout.flush()
-    return Supervisor(app_ref, processes, options, log_level).run()
+    # the children write their metrics to files in a shared directory (prometheus-client's
+    # multiprocess mode); this process serves them merged, so one scrape sees them all
+    directory, created = metrics.prepare_multiprocess()
+    try:
+        if options.metrics_port is not None:
+            metrics.serve(options.metrics_port, options.metrics_host)
+            log.info(
+                "metrics of %d processes at http://%s:%d/metrics",
+                processes, options.metrics_host, options.metrics_port,
+            )  # fmt: skip
+        return Supervisor(app_ref, processes, options, log_level).run()
+    finally:
+        if created:
+            metrics.remove_multiprocess(directory)

@@ -23,6 +23,8 @@ import orjson
 from .. import codec
 from ..app import App
 from ..errors import DefinitionError, NonRetryableError, RateLimited, Retry, StepInputError
+from ..logs import bind_step, unbind
+from ..observability.tracing import TRACING, Tracing
 from ..storage.records import Task
 from ..storage.store import Store, Transition, now_ms
 from ..workflow import Done, Goto, Step, StepContext, compute_backoff
@@ -63,6 +65,7 @@ class Outcome:
     cache: tuple[str, bytes, float] | None = None  # (key, entry, ttl) to store
     charged: float | None = None  # units the step reported with ctx.charge()
     push_back: float | None = None  # seconds the step's shared rate limit is pushed back
+    error: BaseException | None = None  # what the step raised (recorded on its span)
 
 
 class StepRunner:
@@ -109,6 +112,24 @@ class StepRunner:
         return step
 
     async def run(self, task: Task) -> Outcome:
+        """Run ``task``'s step in its span (when tracing) with its log context bound."""
+        span = TRACING.start_step(task) if TRACING.enabled else None
+        token = bind_step(task.workflow_id, task.workflow, task.step, task.attempt, task.request_id)
+        error: BaseException | None = None
+        kind = "cancelled"
+        try:
+            if span is None:
+                outcome, error = await self._run(task)
+            else:
+                with Tracing.active(span):
+                    outcome, error = await self._run(task)
+            kind = outcome.kind
+            return outcome
+        finally:
+            Tracing.end_step(span, kind, error)
+            unbind(token)
+
+    async def _run(self, task: Task) -> tuple[Outcome, BaseException | None]:
         started = now_ms()
         step: Step | None = None
         ctx: StepContext | None = None
@@ -120,12 +141,12 @@ class StepRunner:
                 args = (ctx, step.convert_input(codec.loads(task.input)))
             value = await self._call(step, args)
             await self._flush_emits(ctx)
-            return self.success(task, step, ctx, value, started)
+            return self.success(task, step, ctx, value, started), None
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             await self._flush_emits(ctx)
-            return self.failure(task, step, exc, started)
+            return self.failure(task, step, exc, started), exc
 
     async def _flush_emits(self, *contexts: StepContext | None) -> None:
         """A step's emits go onto the event stream before the record of its end."""
@@ -133,7 +154,19 @@ class StepRunner:
             await self.emitter.drain()
 
     async def run_batch(self, step: Step, tasks: list[Task]) -> list[Outcome]:
-        """Run a batched step once for ``tasks`` (one input each); one outcome per task."""
+        """Run a batched step once for ``tasks`` (one input each); one outcome per task,
+        and, when tracing, one span per task (the call they share is in each)."""
+        spans = [TRACING.start_step(t) for t in tasks] if TRACING.enabled else []
+        outcomes: list[Outcome] = []
+        try:
+            outcomes = await self._run_batch(step, tasks)
+            return outcomes
+        finally:
+            for i, span in enumerate(spans):
+                kind = outcomes[i].kind if outcomes else "cancelled"
+                Tracing.end_step(span, kind, outcomes[i].error if outcomes else None)
+
+    async def _run_batch(self, step: Step, tasks: list[Task]) -> list[Outcome]:
         started = now_ms()
         contexts = [self.context(t, step) for t in tasks]
         try:
@@ -227,6 +260,11 @@ class StepRunner:
     # -- failure ----------------------------------------------------------------------------
 
     def failure(self, task: Task, step: Step | None, exc: BaseException, started: int) -> Outcome:
+        outcome = self._failure(task, step, exc, started)
+        outcome.error = exc
+        return outcome
+
+    def _failure(self, task: Task, step: Step | None, exc: BaseException, started: int) -> Outcome:
         now = now_ms()
         if isinstance(exc, RateLimited):
             record = self._record(task, "limited", started, now, error=self._error(task, exc))

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 import uuid
 from typing import Any
 
@@ -15,6 +16,7 @@ from redis.asyncio import Redis
 from ..app import App
 from ..errors import ConfigurationError
 from ..limits import Limiter
+from ..observability.metrics import WorkerMetrics
 from ..storage.connection import UNAVAILABLE, connect
 from ..storage.records import Task
 from ..storage.store import Store, now_ms
@@ -34,6 +36,8 @@ from .resilience import Backoff, every
 from .runner import Outcome, StepRunner
 
 log = logging.getLogger("conveyor.worker")
+
+HEARTBEAT_INTERVAL = 1.0  # seconds between heartbeats (`conveyor top` refreshes each second)
 
 
 def default_worker_name() -> str:
@@ -86,6 +90,7 @@ class Worker:
         self.store = Store(self.redis, self.settings)
         self.streams = [s for q in self.queues for s in self.store.keys.streams(q)]
         self.stats = Stats()
+        self.metrics = WorkerMetrics()
         self.capacity = Capacity(concurrency)
         self.inflight = InFlight()
         self.stopped = StoppedWorkflows(self.store)
@@ -94,7 +99,9 @@ class Worker:
         self.runner = StepRunner(
             app, self.store, self.name, threads or concurrency, self.stopped, self.emitter
         )
-        self.committer = Committer(self.store, self.stats, self._committed, self._retried)
+        self.committer = Committer(
+            self.store, self.stats, self._committed, self._retried, self.metrics
+        )
         self.reader = Reader(
             self.store,
             self.name,
@@ -110,7 +117,10 @@ class Worker:
             self.store, self.name, self.streams, self.capacity, self._dispatch
         )
         self.promoter = Promoter(self.store, self.queues, promote_interval)
-        self.lease = LeaseKeeper(self.store, self.name, self.inflight, self.queues)
+        self.lease = LeaseKeeper(
+            self.store, self.name, self.inflight, self.queues, self.capacity.limit,
+            self.stats, self.metrics,
+        )  # fmt: skip
         self.limiter = Limiter(self.redis, self.settings.namespace, self.store.scripts)
         self.admission = Admission(
             self.store, self.runner, self.limiter, self.settings.visibility_timeout, self.stopped
@@ -203,6 +213,9 @@ class Worker:
             every(max(0.5, vt / 3), "renewing leases", self._renew, self.closed)
         )
         self._cancel_task = asyncio.create_task(self.stopped.run(self.closed))
+        self._heartbeat_task = asyncio.create_task(
+            every(HEARTBEAT_INTERVAL, "publishing the heartbeat", self.lease.publish, self.closed)
+        )
         self._loops = [
             asyncio.create_task(self.promoter.run(stop), name="conveyor-promoter"),
             asyncio.create_task(
@@ -268,8 +281,11 @@ class Worker:
         # stop renewing before handing back: a renewal after it would undo the hand-back
         self.closed.set()
         if started:
-            await asyncio.wait([self._lease_task, self._cancel_task], timeout=2)
+            await asyncio.wait(
+                [self._lease_task, self._cancel_task, self._heartbeat_task], timeout=2
+            )
         await self._hand_back()
+        self.metrics.flush(0)  # the last tallies (a multiprocess child's file keeps them)
         self.runner.close()
         if self._owns_redis:
             await self.redis.aclose()
@@ -339,11 +355,12 @@ class Worker:
         self.inflight.add(task)
         if deliveries > 1:
             self.stats.reclaimed += 1
+            self.metrics.reclaimed(task.queue)
         limit = self.settings.max_deliveries
         if deliveries > limit:
             reason = f"delivered {deliveries} times (limit {limit}); it may crash workers"
             call = self.runner.dead_letter(task, reason, "DeliveryLimitExceeded")
-            self.committer.submit(call, task, "dead")
+            self.committer.submit(call, task, "dead_unrun")
             return
         self.capacity.take()
         # a task of a workflow that stopped (cancelled or failed) goes through admission,
@@ -399,22 +416,34 @@ class Worker:
             self._spawn(self.admission.after(task, outcome))
 
     async def _execute(self, task: Task) -> None:
+        self.metrics.started((task,))
+        began = time.perf_counter()
         try:
             outcome = await self.runner.run(task)
         finally:
             self.capacity.release()
+        self._ran(task, outcome, time.perf_counter() - began)
         self._settle(task, outcome)
+
+    def _ran(self, task: Task, outcome: Outcome, seconds: float) -> None:
+        self.metrics.ran(task, seconds)
+        if outcome.cache is not None:  # a cached step had no result yet: it ran to store one
+            self.metrics.cache_missed(task)
 
     def _launch_batch(self, step: Step, tasks: list[Task]) -> None:
         self._spawn(self._execute_batch(step, tasks))
 
     async def _execute_batch(self, step: Step, tasks: list[Task]) -> None:
+        self.metrics.started(tasks)
+        began = time.perf_counter()
         try:
             outcomes = await self.runner.run_batch(step, tasks)
         finally:
             for _ in tasks:
                 self.capacity.release()
+        seconds = time.perf_counter() - began
         for task, outcome in zip(tasks, outcomes, strict=True):
+            self._ran(task, outcome, seconds)
             self._settle(task, outcome)
 
     def _committed(self, task: Task | None) -> None:
