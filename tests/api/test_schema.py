@@ -98,6 +98,8 @@ OPERATIONS = [
     "POST /v1/dlq/{entry}/replay",
     "GET /healthz",
     "GET /readyz",
+    "GET /metrics",
+    "GET /metrics/queues",
 ]
 
 

@@ -21,7 +21,7 @@ from fastapi import APIRouter, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 
 from .. import __version__
 from ..app import App
@@ -29,6 +29,8 @@ from ..errors import (
     BackPressureError,
     ResultTimeoutError,
 )
+from ..observability.exporter import queue_metrics_response
+from ..observability.metrics import exposition
 from ..storage.connection import UNAVAILABLE
 from ..storage.records import WorkflowStatus
 from .dispatcher import (
@@ -74,6 +76,7 @@ from .problems import (
 )
 from .settings import ApiSettings
 from .sse import event_stream
+from .telemetry import HttpMetrics, add_tracing
 
 log = logging.getLogger("conveyor.api")
 
@@ -114,10 +117,14 @@ def create_app(app: App, settings: ApiSettings | None = None) -> FastAPI:
     # same path documents it
     api.add_middleware(FastSubmit, dispatcher=dispatcher)
     api.add_middleware(RequestHygiene, max_body=settings.max_body)
+    api.add_middleware(HttpMetrics)
+    add_tracing(api)  # outermost: its span is current while a request starts workflows
     return api
 
 
-UNAUTHENTICATED = {"/healthz", "/readyz", "/openapi.json", "/docs", "/redoc"}
+UNAUTHENTICATED = {
+    "/healthz", "/readyz", "/metrics", "/metrics/queues", "/openapi.json", "/docs", "/redoc",
+}  # fmt: skip
 
 
 def _openapi(api: FastAPI) -> dict[str, Any]:
@@ -415,5 +422,23 @@ def _routes(d: Dispatcher) -> APIRouter:
                 headers={"Retry-After": "5"}, retry_after=5,
             )  # fmt: skip
         return _json({"status": "ready", "version": __version__})
+
+    # -- metrics ----------------------------------------------------------------------------
+
+    @r.get(
+        "/metrics", tags=["metrics"], summary="Prometheus metrics of the API processes",
+        response_class=PlainTextResponse,
+    )  # fmt: skip
+    async def metrics() -> Response:
+        body, content_type = exposition()
+        return Response(body, headers={"Content-Type": content_type})
+
+    @r.get(
+        "/metrics/queues", tags=["metrics"],
+        summary="Prometheus metrics of the queues in Redis (the queue exporter)",
+        response_class=PlainTextResponse,
+    )  # fmt: skip
+    async def queue_metrics() -> Response:
+        return await queue_metrics_response(d.queue_exporter)
 
     return r

@@ -28,6 +28,8 @@ from ..errors import (
     WorkflowNotFoundError,
 )
 from ..limits import Limit, Limiter
+from ..observability.metrics import count_refused
+from ..observability.queues import QueueExporter
 from ..storage.connection import UNAVAILABLE, connect
 from ..storage.queries import Queries
 from .auth import Authenticator
@@ -41,6 +43,7 @@ from .problems import (
 )
 from .ratelimit import LeasedRateLimits
 from .settings import ApiKey, ApiSettings
+from .telemetry import ROUTE_KEY
 
 log = logging.getLogger("conveyor.api")
 
@@ -108,6 +111,7 @@ class Dispatcher:
         self.limiter = Limiter(self.client.redis, app.settings.namespace, self.client.store.scripts)
         self.limits: dict[str, Limit] = {}
         self.rate_limits = LeasedRateLimits(self.limiter)
+        self.queue_exporter = QueueExporter(self.client.store)
 
     async def close(self) -> None:
         await self.client.close()
@@ -177,6 +181,9 @@ class Dispatcher:
         }
         if wait > 0:
             headers["Retry-After"] = str(max(1, math.ceil(wait)))
+            if scope == "submit":  # label by known names only: a path is caller input
+                name = request.path_params.get("name", "")
+                count_refused(name if name in self.app.workflows else "other", "rate_limit")
             raise Problem(
                 429, f"rate limit of key {key.name!r} exceeded ({self.settings.rate_limit})",
                 kind="rate-limited", headers=headers, retry_after=wait,
@@ -300,6 +307,7 @@ def _backpressure(
     )  # fmt: skip
 
 
+SUBMIT_ROUTE = "/v1/workflows/{name}"
 _SUBMIT_PATH = re.compile(r"^/v1/workflows/([^/]+)$")
 
 
@@ -323,6 +331,7 @@ class FastSubmit:
             await self.app(scope, receive, send)
             return
         scope["path_params"] = {"name": match.group(1)}
+        scope[ROUTE_KEY] = SUBMIT_ROUTE
         request = Request(scope, receive)
         try:
             response = await self.dispatcher.submit_fast(request)

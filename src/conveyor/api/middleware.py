@@ -10,6 +10,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..logs import bind_request, unbind
 from .problems import problem_response
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -58,6 +59,7 @@ class RequestHygiene:
                     raise BodyTooLarge
             return message
 
+        token = bind_request(request_id)  # log lines of this request carry its id
         try:
             await self.app(scope, receive_limited, send_with_id)
         except BodyTooLarge:
@@ -66,6 +68,8 @@ class RequestHygiene:
                 instance=scope.get("path"),
             )  # fmt: skip
             await response(scope, receive, send_with_id)
+        finally:
+            unbind(token)
 
 
 def request_id_of(scope_state: Any) -> str:

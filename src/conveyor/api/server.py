@@ -10,6 +10,9 @@ from typing import Any
 from fastapi import FastAPI
 
 from ..loader import load_app
+from ..logs import setup_logging
+from ..observability.metrics import prepare_multiprocess, remove_multiprocess
+from ..observability.tracing import setup_tracing
 from .app import create_app
 from .settings import ApiSettings
 
@@ -18,6 +21,8 @@ APP_ENV = "CONVEYOR_API_APP"
 
 def create_from_env() -> FastAPI:
     """uvicorn factory: the App named by CONVEYOR_API_APP, settings from the environment."""
+    if os.environ.get("CONVEYOR_LOG_FORMAT"):
+        setup_logging()  # a worker process uvicorn started: configure it as its parent
     ref = os.environ.get(APP_ENV)
     if not ref:
         raise RuntimeError(f"{APP_ENV} is not set (run the API with `conveyor api MODULE:app`)")
@@ -30,6 +35,7 @@ def create_from_env() -> FastAPI:
         else None,
     }
     app.settings = app.settings.replace(**{k: v for k, v in overrides.items() if v is not None})
+    setup_tracing("conveyor-api")  # before the app: its middleware depends on it
     return create_app(app, ApiSettings.from_env())
 
 
@@ -70,10 +76,20 @@ def run(
     import uvicorn
 
     os.environ[APP_ENV] = app_ref
+    created = None
+    if workers > 1:
+        # each API process writes its metrics to a shared directory; /metrics of any of
+        # them answers for all (prometheus-client's multiprocess mode)
+        created = prepare_multiprocess()
     if auth is False:
         os.environ["CONVEYOR_API_AUTH"] = "off"
     # fail here, with a readable error, rather than in every forked worker
     create_from_env()
-    uvicorn.run(
-        "conveyor.api.server:create_from_env", **uvicorn_options(host, port, workers, log_level)
-    )
+    try:
+        uvicorn.run(
+            "conveyor.api.server:create_from_env",
+            **uvicorn_options(host, port, workers, log_level),
+        )
+    finally:
+        if created is not None and created[1]:
+            remove_multiprocess(created[0])

@@ -49,7 +49,8 @@ def run_dev(
     log_level: str,
     api_port: int | None = API_PORT,
 ) -> None:
-    setup_logging(log_level)
+    # readable lines by default: dev runs in a terminal, often piped through tools
+    setup_logging(log_level, os.environ.get("CONVEYOR_LOG_FORMAT") or "console")
     server = None
     if not redis_url:
         server = embedded_redis(data_dir).start()

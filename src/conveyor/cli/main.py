@@ -18,6 +18,7 @@ from ..client import AsyncClient
 from ..errors import ConveyorError, WorkflowFailedError
 from ..settings import Settings
 from ..storage.connection import UNAVAILABLE
+from . import observe
 from .output import print_dead_letters, print_status
 
 T = TypeVar("T")
@@ -47,6 +48,17 @@ Namespace = Annotated[
     str | None,
     typer.Option(
         "--namespace", envvar="CONVEYOR_NAMESPACE", help="Key namespace (default: conveyor)."
+    ),
+]
+LogLevel = Annotated[
+    str, typer.Option("--log-level", envvar="CONVEYOR_LOG_LEVEL", help="DEBUG, INFO, WARNING...")
+]
+LogFormat = Annotated[
+    str | None,
+    typer.Option(
+        "--log-format",
+        envvar="CONVEYOR_LOG_FORMAT",
+        help="json, console, or auto (console on a terminal, else JSON lines).",
     ),
 ]
 Partitions = Annotated[
@@ -137,17 +149,31 @@ def worker(
     drain_timeout: Annotated[
         float, typer.Option("--drain-timeout", help="Seconds to finish running steps on SIGTERM.")
     ] = 30.0,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            envvar="CONVEYOR_METRICS_PORT",
+            min=0,
+            max=65535,
+            help="Serve Prometheus metrics of all worker processes on this port.",
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str, typer.Option("--metrics-host", help="Address the metrics port listens on.")
+    ] = "0.0.0.0",
     redis_url: RedisUrl = None,
     namespace: Namespace = None,
     partitions: Partitions = None,
-    log_level: Annotated[str, typer.Option("--log-level", envvar="CONVEYOR_LOG_LEVEL")] = "INFO",
+    log_level: LogLevel = "INFO",
+    log_format: LogFormat = None,
 ) -> None:
     """Run workers for an app until SIGTERM or Ctrl-C (then drain and exit 0)."""
     from ..loader import load_app
     from ..logs import setup_logging
     from ..worker.process import WorkerOptions, run_workers
 
-    setup_logging(log_level)
+    setup_logging(log_level, log_format)
     loaded = load_app(app)
     overrides = {"redis_url": redis_url, "namespace": namespace, "partitions": partitions}
     overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -158,6 +184,8 @@ def worker(
         threads=threads,
         drain_timeout=drain_timeout,
         settings=overrides,
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
     )
     raise typer.Exit(run_workers(app, loaded, processes, options, log_level))
 
@@ -175,7 +203,7 @@ def dev(
     data_dir: Annotated[
         str, typer.Option("--data-dir", help="Where the embedded Redis keeps its data.")
     ] = ".conveyor",
-    log_level: Annotated[str, typer.Option("--log-level", envvar="CONVEYOR_LOG_LEVEL")] = "INFO",
+    log_level: LogLevel = "INFO",
     api_port: Annotated[
         int, typer.Option("--api-port", min=1, max=65535, help="Port of the HTTP API.")
     ] = 8000,
@@ -212,16 +240,18 @@ def api(
     redis_url: RedisUrl = None,
     namespace: Namespace = None,
     partitions: Partitions = None,
-    log_level: Annotated[str, typer.Option("--log-level", envvar="CONVEYOR_LOG_LEVEL")] = "INFO",
+    log_level: LogLevel = "INFO",
+    log_format: LogFormat = None,
 ) -> None:
     """Serve the HTTP API (see docs/api.md). API keys come from CONVEYOR_API_KEYS or
-    CONVEYOR_API_KEYS_FILE (make them with `conveyor api-key`)."""
+    CONVEYOR_API_KEYS_FILE (make them with `conveyor api-key`). Prometheus metrics are at
+    /metrics (all API processes) and the queue exporter's at /metrics/queues."""
     import os
 
     from ..api.server import run
     from ..logs import setup_logging
 
-    setup_logging(log_level)
+    setup_logging(log_level, log_format)
     for name, value in (
         ("REDIS_URL", redis_url),
         ("CONVEYOR_NAMESPACE", namespace),
@@ -452,6 +482,11 @@ def dlq_drop(
 ) -> None:
     """Delete dead letters for good."""
     _each_letter(ids, all_, "dropped", redis_url, namespace, partitions, lambda c, i: c.drop(i))
+
+
+# `conveyor exporter` and `conveyor top` (cli/observe.py): registered once the shared options
+# above exist, which that module imports from here
+observe.register(cli)
 
 
 def run() -> None:

@@ -1,0 +1,394 @@
+"""Metrics, traces and logs of real processes: `conveyor worker` (two processes, or one per
+queue), `conveyor api`, scraped and followed over real HTTP. Spans are exported by the
+processes themselves over OTLP/HTTP, configured only by the standard OTEL_* variables, to a
+receiver this test runs."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from prometheus_client.parser import text_string_to_metric_families
+
+from conveyor import AsyncClient
+from conveyor.embedded import EmbeddedRedis, free_port
+from conveyor.errors import WorkflowFailedError
+from conveyor.logs import ContextFilter, bind_step, json_formatter, unbind
+from conveyor.observability.tracing import carrier, split, trace_id_of
+
+ROOT = Path(__file__).resolve().parents[2]
+APP = "tests.apps.observed:app"
+
+
+# -- processes ----------------------------------------------------------------------------------
+
+
+def base_env(redis: EmbeddedRedis, namespace: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PROMETHEUS_"))}
+    env.update({
+        "PYTHONPATH": str(ROOT), "REDIS_URL": redis.url, "CONVEYOR_NAMESPACE": namespace,
+        "CONVEYOR_PARTITIONS": "4", "CONVEYOR_LOG_FORMAT": "json", **extra,
+    })  # fmt: skip
+    return env
+
+
+def spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "conveyor", *args], env=env, cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+
+def stop(process: subprocess.Popen[bytes]) -> str:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        out = process.communicate(timeout=30)[0]
+    except subprocess.TimeoutExpired:
+        process.kill()
+        out = process.communicate()[0]
+    return out.decode(errors="replace")
+
+
+def wait_http(url: str, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"{url} never answered:\n{stop(process)}")
+        time.sleep(0.05)
+
+
+def eventually(check: Callable[[], Any], timeout: float = 15, what: str = "") -> Any:
+    """Poll ``check`` until it returns something truthy (processes flush asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def samples(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a scrape, by (name, sorted labels)."""
+    text = httpx.get(url, timeout=5).text
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(scrape: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str,
+          **labels: str) -> float:  # fmt: skip
+    return scrape.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+# -- metrics --------------------------------------------------------------------------------------
+
+
+async def test_metrics_of_two_worker_processes_match_what_happened(
+    redis7: EmbeddedRedis, namespace: str
+) -> None:
+    port = free_port()
+    client = AsyncClient(redis7.url, namespace, partitions=4)
+    worker = spawn(["worker", APP, "--processes", "2", "--metrics-port", str(port),
+                    "--metrics-host", "127.0.0.1"], base_env(redis7, namespace))  # fmt: skip
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        wait_http(url, worker)
+        # both processes registered (their heartbeats) before anything is started
+        heartbeats = await eventually_async(lambda: live_workers(client))
+        pipelines = [await client.start("pipeline", i) for i in range(20)]
+        flakies = [await client.start("flaky", i) for i in range(3)]
+        broken = [await client.start("broken", i) for i in range(2)]
+        for i, wf in enumerate(pipelines):
+            assert await client.result(wf, timeout=30) == i * 2 + 1
+        for i, wf in enumerate(flakies):
+            assert await client.result(wf, timeout=30) == i
+        for wf in broken:
+            with pytest.raises(WorkflowFailedError):
+                await client.result(wf, timeout=30)
+        # tracing is off without a configured SDK: the carrier holds only the start time
+        assert (await client.status(pipelines[0])).trace_id is None
+
+        def settled() -> Any:
+            scrape = samples(url)
+            done = value(scrape, "conveyor_workflow_duration_seconds_count",
+                         workflow="pipeline", status="completed")  # fmt: skip
+            dead = value(scrape, "conveyor_steps_dead_lettered_total",
+                         workflow="broken", step="explode", queue="front")  # fmt: skip
+            return scrape if done == 20 and dead == 2 else None
+
+        scrape = eventually(settled, what="the metrics of every workflow")
+        for step, queue in (("fetch", "front"), ("score", "back"), ("publish", "front")):
+            labels = {"workflow": "pipeline", "step": step, "queue": queue}
+            assert value(scrape, "conveyor_steps_started_total", **labels) == 20
+            assert value(scrape, "conveyor_steps_completed_total", **labels) == 20
+            assert value(scrape, "conveyor_steps_failed_total", **labels) == 0
+            assert value(scrape, "conveyor_step_duration_seconds_count", **labels) == 20
+            assert value(scrape, "conveyor_step_duration_seconds_bucket", le="+Inf", **labels) == 20
+        once = {"workflow": "flaky", "step": "once", "queue": "front"}
+        assert value(scrape, "conveyor_steps_started_total", **once) == 6  # 2 attempts each
+        assert value(scrape, "conveyor_steps_failed_total", **once) == 3
+        assert value(scrape, "conveyor_steps_retried_total", **once) == 3
+        assert value(scrape, "conveyor_steps_completed_total", **once) == 3
+        assert value(scrape, "conveyor_steps_dead_lettered_total", **once) == 0
+        explode = {"workflow": "broken", "step": "explode", "queue": "front"}
+        assert value(scrape, "conveyor_steps_started_total", **explode) == 2
+        assert value(scrape, "conveyor_steps_failed_total", **explode) == 2
+        assert value(scrape, "conveyor_steps_completed_total", **explode) == 0
+        for wf, status, count in (("pipeline", "completed", 20), ("flaky", "completed", 3),
+                                  ("broken", "failed", 2), ("broken", "completed", 0)):  # fmt: skip
+            assert value(scrape, "conveyor_workflow_duration_seconds_count",
+                         workflow=wf, status=status) == count  # fmt: skip
+        # end to end includes the flaky step's retry backoff (50 ms)
+        assert value(scrape, "conveyor_workflow_duration_seconds_sum",
+                     workflow="flaky", status="completed") >= 3 * 0.05  # fmt: skip
+        assert value(scrape, "conveyor_steps_in_flight") == 0
+        # the scrape is the sum over the two processes: it matches their own counters
+        beats = await eventually_async(lambda: live_workers(client))
+        assert {b["pid"] for b in beats} == {b["pid"] for b in heartbeats}
+        total = await eventually_async(lambda: completed_total(client, 20 * 3 + 3))
+        completed = sum(v for (n, _), v in scrape.items() if n == "conveyor_steps_completed_total")
+        assert completed == total == 63
+    finally:
+        await client.close()
+        output = stop(worker)
+    assert "Traceback" not in output.replace("ValueError: cannot handle", ""), output
+
+
+async def eventually_async(check: Callable[[], Any], timeout: float = 15) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        await asyncio.sleep(0.1)
+
+
+async def live_workers(client: AsyncClient, want: int = 2) -> list[dict[str, Any]] | None:
+    keys = client.store.keys
+    names = await client.redis.zrange(keys.workers, 0, -1)
+    raw = [await client.redis.get(keys.worker(n.decode())) for n in names]
+    beats = [json.loads(r) for r in raw if r]
+    return beats if len(beats) == want else None
+
+
+async def completed_total(client: AsyncClient, want: int) -> int | None:
+    beats = await live_workers(client)
+    total = sum(b["stats"]["completed"] for b in beats or [])
+    return total if total == want else None
+
+
+# -- traces and logs ----------------------------------------------------------------------------
+
+
+@dataclass
+class OtlpReceiver:
+    """An OTLP/HTTP trace endpoint: what the processes' exporters send, decoded."""
+
+    port: int
+    spans: list[dict[str, Any]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, body: bytes) -> None:
+        request = ExportTraceServiceRequest()
+        request.ParseFromString(body)
+        with self.lock:
+            for rs in request.resource_spans:
+                resource = {a.key: a.value.string_value for a in rs.resource.attributes}
+                for ss in rs.scope_spans:
+                    for span in ss.spans:
+                        attrs = {}
+                        for a in span.attributes:
+                            v = a.value
+                            attrs[a.key] = (
+                                v.string_value if v.HasField("string_value") else v.int_value
+                            )
+                        self.spans.append({
+                            "service": resource.get("service.name"),
+                            "name": span.name,
+                            "trace_id": span.trace_id.hex(),
+                            "span_id": span.span_id.hex(),
+                            "parent": span.parent_span_id.hex() or None,
+                            "attributes": attrs,
+                            "status": span.status.code,
+                            "events": [e.name for e in span.events],
+                        })  # fmt: skip
+
+    def named(self, name: str) -> list[dict[str, Any]]:
+        with self.lock:
+            return [s for s in self.spans if s["name"] == name]
+
+
+@pytest.fixture
+def otlp() -> Iterator[OtlpReceiver]:
+    receiver = OtlpReceiver(free_port())
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            if self.headers.get("Content-Encoding") == "gzip":
+                body = gzip.decompress(body)
+            if self.path == "/v1/traces":
+                receiver.add(body)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", receiver.port), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield receiver
+    server.shutdown()
+    server.server_close()
+
+
+def test_one_workflow_is_one_trace_across_the_api_and_two_worker_processes(
+    redis7: EmbeddedRedis, namespace: str, otlp: OtlpReceiver
+) -> None:
+    otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{otlp.port}",
+            "OTEL_BSP_SCHEDULE_DELAY": "100"}  # fmt: skip
+    api_port = free_port()
+    api = spawn(["api", APP, "--port", str(api_port), "--no-auth"],
+                base_env(redis7, namespace, **otel))  # fmt: skip
+    front = spawn(["worker", APP, "--queues", "front"],
+                  base_env(redis7, namespace, OTEL_SERVICE_NAME="worker-front", **otel))  # fmt: skip
+    back = spawn(["worker", APP, "--queues", "back"],
+                 base_env(redis7, namespace, OTEL_SERVICE_NAME="worker-back", **otel))  # fmt: skip
+    base = f"http://127.0.0.1:{api_port}"
+    outputs: dict[str, str] = {}
+    try:
+        wait_http(f"{base}/healthz", api)
+        # the caller's own trace context: the API's span joins it
+        trace_id, caller_span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+        headers = {"traceparent": f"00-{trace_id}-{caller_span}-01", "X-Request-ID": "req-42"}
+        with httpx.Client(base_url=base, timeout=30) as http:
+            started = http.post("/v1/workflows/pipeline", json=1, headers=headers)
+            assert started.status_code == 202, started.text
+            wf_id = started.json()["id"]
+            result = http.get(f"/v1/workflows/{wf_id}/result", params={"wait": 25})
+            assert result.status_code == 200 and result.json()["result"] == 3, result.text
+            assert http.get(f"/v1/workflows/{wf_id}").json()["trace_id"] == trace_id
+            failed = http.post("/v1/workflows/broken", json=7).json()["id"]
+            http.get(f"/v1/workflows/{failed}/result", params={"wait": 25})
+
+        spans = {
+            name: eventually(lambda n=name: otlp.named(n), what=f"span {name}")
+            for name in ("POST /v1/workflows/{name}", "pipeline.fetch", "pipeline.score",
+                         "pipeline.publish", "broken.explode")
+        }  # fmt: skip
+        ours = [s for group in spans.values() for s in group if s["trace_id"] == trace_id]
+        by_name = {s["name"]: s for s in ours}
+        request = by_name["POST /v1/workflows/{name}"]
+        assert request["service"] == "conveyor-api" and request["parent"] == caller_span
+        fetch, score, publish = (by_name[f"pipeline.{n}"] for n in ("fetch", "score", "publish"))
+        # each step under the one that enqueued it, the first under the API request
+        assert fetch["parent"] == request["span_id"]
+        assert score["parent"] == fetch["span_id"]
+        assert publish["parent"] == score["span_id"]
+        # ... across two worker processes
+        assert (fetch["service"], score["service"], publish["service"]) == (
+            "worker-front",
+            "worker-back",
+            "worker-front",
+        )
+        assert fetch["attributes"] == {
+            "workflow.id": wf_id, "workflow.name": "pipeline", "step": "fetch", "attempt": 1,
+            "queue": "front", "task": 1, "outcome": "completed",
+        }  # fmt: skip
+        assert score["attributes"]["queue"] == "back" and score["attributes"]["task"] == 2
+        # an error is recorded on the failing step's span
+        [explode] = [s for s in spans["broken.explode"] if s["attributes"]["workflow.id"] == failed]
+        assert explode["status"] == 2  # STATUS_CODE_ERROR
+        assert "exception" in explode["events"]
+        assert explode["attributes"]["outcome"] == "dead"
+        assert explode["trace_id"] != trace_id  # another workflow, another trace
+    finally:
+        outputs = {"api": stop(api), "front": stop(front), "back": stop(back)}
+
+    # the log lines of the workflow, from both worker processes, join on workflow_id and
+    # carry the trace id and the request id
+    lines = []
+    for name in ("front", "back"):
+        for raw in outputs[name].splitlines():
+            if raw.startswith("{"):
+                record = json.loads(raw)
+                record["from"] = name
+                lines.append(record)
+    mine = [r for r in lines if r.get("workflow_id") == wf_id]
+    steps = {r["message"]: r for r in mine if r["logger"] == "tests.observed"}
+    assert set(steps) == {"fetching 1", "scoring 1", "publishing 2"}, mine
+    assert {r["from"] for r in steps.values()} == {"front", "back"}
+    for record in steps.values():
+        assert record["trace_id"] == trace_id
+        assert record["request_id"] == "req-42"
+        assert record["workflow"] == "pipeline" and record["attempt"] == 1
+        assert record["level"] == "INFO" and record["time"]
+    assert steps["scoring 1"]["step"] == "score" and steps["scoring 1"]["from"] == "back"
+    # the failed step's warning is joined to its workflow too
+    assert any(r.get("workflow_id") == failed and r["level"] == "WARNING" for r in lines)
+
+
+# -- units ------------------------------------------------------------------------------------
+
+
+def test_the_carrier_holds_the_start_time_and_the_traceparent() -> None:
+    tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    assert split(carrier(1700, tp)) == (1700, tp)
+    assert split(carrier(1700)) == (1700, "")
+    assert split("") == (None, "") and split("junk") == (None, "")
+    assert trace_id_of(carrier(1, tp)) == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert trace_id_of(carrier(1)) is None
+
+
+def test_json_log_lines_carry_the_step_context() -> None:
+    import logging
+
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "hello %s", ("you",), None)
+    token = bind_step("wf1", "pipeline", "fetch", 2, "req-1")
+    try:
+        ContextFilter().filter(record)
+    finally:
+        unbind(token)
+    line = json.loads(json_formatter().format(record))
+    assert line["message"] == "hello you" and line["level"] == "INFO"
+    assert (line["workflow_id"], line["step"], line["attempt"], line["request_id"]) == (
+        "wf1",
+        "fetch",
+        2,
+        "req-1",
+    )
+    assert "trace_id" not in line  # tracing is off in this process
+    # outside a step, nothing is added
+    other = logging.LogRecord("x", logging.INFO, __file__, 1, "bye", (), None)
+    ContextFilter().filter(other)
+    assert "workflow_id" not in json.loads(json_formatter().format(other))
