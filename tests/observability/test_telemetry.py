@@ -392,3 +392,130 @@ def test_json_log_lines_carry_the_step_context() -> None:
     other = logging.LogRecord("x", logging.INFO, __file__, 1, "bye", (), None)
     ContextFilter().filter(other)
     assert "workflow_id" not in json.loads(json_formatter().format(other))
+
+
+# -- span parents in every flow (in process, with a private provider) ------------------------
+
+
+@pytest.fixture
+def spans() -> Iterator[Any]:
+    """Tracing on in this process with an in-memory exporter, without installing a global
+    TracerProvider (other tests in this process must stay untraced)."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from conveyor.observability.tracing import TRACING
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    TRACING.enabled, TRACING.tracer = True, provider.get_tracer("conveyor")
+    try:
+        yield exporter
+    finally:
+        TRACING.enabled, TRACING.tracer = False, None
+        provider.shutdown()
+
+
+async def test_spans_follow_fan_outs_children_retries_and_signals(
+    make_app: Callable[..., Any], client_for: Callable[..., Any], spans: Any
+) -> None:
+    from conveyor import Workflow, fan_out, start_child, wait
+    from tests.conftest import drain
+
+    attempts: dict[int, int] = {}
+    child = Workflow("child")
+
+    @child.step(start=True)
+    async def grow(ctx: Any, n: int) -> int:
+        return n * 10
+
+    flow = Workflow("flow")
+
+    @flow.step(start=True)
+    async def split_up(ctx: Any, n: int) -> Any:
+        return fan_out(branch, [1, 2, 3], then=join)
+
+    @flow.step(retries=1, backoff=0.01)
+    async def branch(ctx: Any, item: int) -> int:
+        attempts[item] = attempts.get(item, 0) + 1
+        if item == 2 and ctx.attempt == 1:
+            raise RuntimeError("flaky branch")
+        return item
+
+    @flow.step
+    async def join(ctx: Any, items: list[int]) -> Any:
+        return start_child(child, sum(items), then=adopt)
+
+    @flow.step
+    async def adopt(ctx: Any, grown: int) -> Any:
+        return wait("go", then=finish)
+
+    @flow.step
+    async def finish(ctx: Any, payload: Any) -> Any:
+        return payload
+
+    app = make_app(flow, child)
+    client = client_for(app)
+    wf_id = await client.start("flow", 1)
+    await drain(app)
+    assert await client.signal(wf_id, "go", "ok") == "delivered"
+    await drain(app)
+    assert await client.result(wf_id, timeout=5) == "ok"
+
+    finished = spans.get_finished_spans()
+    by_id = {s.context.span_id: s for s in finished}
+    named: dict[str, list[Any]] = {}
+    for s in finished:
+        named.setdefault(s.name, []).append(s)
+    [root] = named["start flow"]  # no request span: the client roots the trace
+    assert {s.context.trace_id for s in finished} == {root.context.trace_id}
+
+    def parent(s: Any) -> Any:
+        return by_id.get(s.parent.span_id) if s.parent else None
+
+    [split_span] = named["flow.split_up"]
+    assert parent(split_span) is root
+    branches = named["flow.branch"]
+    assert len(branches) == 4  # three items, one retried
+    assert all(parent(b) is split_span for b in branches)
+    [failed] = [b for b in branches if b.attributes["outcome"] == "retried"]
+    assert failed.attributes["attempt"] == 1 and failed.status.status_code.name == "ERROR"
+    assert [e.name for e in failed.events] == ["exception"]
+    [join_span] = named["flow.join"]
+    assert parent(join_span) in branches  # the branch whose return completed the group
+    [grow_span] = named["child.grow"]
+    assert parent(grow_span) is join_span
+    assert grow_span.attributes["workflow.id"] == f"{wf_id}~{join_span.attributes['task']}"
+    [adopt_span] = named["flow.adopt"]
+    assert parent(adopt_span) is grow_span  # resumed by the child's end: under its last step
+    [finish_span] = named["flow.finish"]
+    assert parent(finish_span) is root  # resumed by a signal: under the workflow's root
+    assert (await client.status(wf_id)).trace_id == format(root.context.trace_id, "032x")
+
+
+def test_metrics_of_two_api_processes_are_one_scrape(redis7: EmbeddedRedis, namespace: str) -> None:
+    """`conveyor api --workers 2`: whichever process answers /metrics counts every request."""
+    port = free_port()
+    api = spawn(["api", APP, "--port", str(port), "--no-auth", "--workers", "2"],
+                base_env(redis7, namespace))  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{base}/healthz", api)
+        for i in range(40):  # new connections: uvicorn's processes share the socket
+            with httpx.Client(base_url=base, timeout=10) as http:
+                assert http.post("/v1/workflows/pipeline", json=i).status_code == 202
+                assert http.post("/v1/workflows/nope", json=i).status_code == 404
+        route = {"method": "POST", "route": "/v1/workflows/{name}"}
+        for _ in range(5):  # every answer is the sum over both processes
+            scrape = samples(f"{base}/metrics")
+            assert value(scrape, "conveyor_http_requests_total", status="202", **route) == 40
+            assert value(scrape, "conveyor_http_requests_total", status="404", **route) == 40
+            assert value(scrape, "conveyor_http_request_duration_seconds_count",
+                         status="202", **route) == 40  # fmt: skip
+            assert value(scrape, "conveyor_workflows_started_total", workflow="pipeline") == 40
+        queues = samples(f"{base}/metrics/queues")
+        assert value(queues, "conveyor_queue_backlog", queue="front") == 40
+    finally:
+        stop(api)

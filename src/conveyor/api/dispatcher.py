@@ -111,7 +111,7 @@ class Dispatcher:
         self.limiter = Limiter(self.client.redis, app.settings.namespace, self.client.store.scripts)
         self.limits: dict[str, Limit] = {}
         self.rate_limits = LeasedRateLimits(self.limiter)
-        self.queue_exporter = QueueExporter(self.client.store)
+        self.queue_exporter = QueueExporter(self.client.store, known=app.queues)
 
     async def close(self) -> None:
         await self.client.close()

@@ -36,18 +36,26 @@ class QueueExporter:
         queues: the queues to export; by default every queue of the workflow registry that
             workers write, re-read with each snapshot (a new queue shows up in the same
             snapshot, which is then taken twice, that once).
+        known: queues exported besides the registry's, before any worker registered them
+            (the API passes its app's queues).
         timeout: seconds a snapshot may take before Redis counts as down (Prometheus's own
             scrape timeout defaults to 10 s).
     """
 
     def __init__(
-        self, store: Store, queues: Sequence[str] | None = None, *, timeout: float = 5.0
+        self,
+        store: Store,
+        queues: Sequence[str] | None = None,
+        *,
+        known: Sequence[str] = (),
+        timeout: float = 5.0,
     ) -> None:
         self.store = store
         self.queries = Queries(store)
         self.timeout = timeout
         self._fixed = list(queues) if queues is not None else None
-        self._known: list[str] = []  # the registry's queues as of the last snapshot
+        self._always = list(known)
+        self._known: list[str] = list(known)  # what the last snapshot read
         self._warned_partitions: int | None = None
 
     async def snapshot(self) -> QueueSnapshot:
@@ -60,10 +68,10 @@ class QueueExporter:
             snap = await self.queries.queue_snapshot(self._fixed)
         else:
             snap = await self.queries.queue_snapshot(self._known, registry=True)
-            registered = snap.registered or []
-            if set(registered) - set(self._known):  # a queue we did not read: read it now
-                snap = await self.queries.queue_snapshot(registered, registry=True)
-            self._known = snap.registered or []
+            wanted = list(dict.fromkeys([*self._always, *(snap.registered or [])]))
+            if set(wanted) - set(self._known):  # a queue we did not read: read it now
+                snap = await self.queries.queue_snapshot(wanted, registry=True)
+            self._known = wanted
         self._check_partitions(snap)
         return snap
 

@@ -5,9 +5,10 @@ One workflow is one trace. Every task a workflow creates carries a *trace carrie
 time in ms and the W3C ``traceparent`` of the span that caused the task. The API request's
 span (or a ``start`` span of the client) is the root; each step runs in a span whose parent
 is the span of the step that enqueued it, so a fan-out's branches hang under the step that
-fanned out and a child workflow's steps under the step that started it. Tasks created by an
-outside event (a signal, a cancellation, a parent resumed by its child) hang under the
-workflow's root span, which the workflow's hash keeps.
+fanned out, its join under the branch that completed the group, a child workflow's steps
+under the step that started it and the parent's continuation under the child's last step.
+Tasks created by an outside event (a signal, a cancellation) hang under the workflow's root
+span, which the workflow's hash keeps.
 
 Tracing is on when a real TracerProvider is installed: by :func:`setup_tracing` (the
 ``conveyor`` commands call it; it configures OTLP export from the standard ``OTEL_*``

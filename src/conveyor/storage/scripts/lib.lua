@@ -137,8 +137,11 @@ local function resume_parent(W, status, value)
       'child workflow ' .. W.id .. ' was cancelled'), W.id)
   end
   local p = redis.call('HMGET', W.pkey, 'workflow', 'request_id', 'parent', 'state', 'trace')
+  -- the continuation hangs under the child's last span, timed from the parent's start
+  local started = string.match(p[5] or '', '^(%d+)')
+  local via = string.match(W.trace or '', '^%d+ (.+)$')
   local P = {id = pid, name = p[1], request_id = p[2] or '', parent = p[3] or '',
-    state = p[4] or '', trace = p[5] or ''}
+    state = p[4] or '', trace = (started and via) and (started .. ' ' .. via) or (p[5] or '')}
   redis.call('HSET', W.pkey, 'updated_at', W.now)
   if frame == '' then
     redis.call('HSET', W.pkey, 'step', step)
