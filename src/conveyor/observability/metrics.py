@@ -81,11 +81,6 @@ WORKFLOW_DURATION = Histogram(
     ("workflow", "status"),
     buckets=DURATION_BUCKETS,
 )
-STEPS_IN_FLIGHT = Gauge(
-    "conveyor_steps_in_flight",
-    "Tasks a worker holds: running, batching or being committed (sampled each second).",
-    multiprocess_mode="livesum",
-)
 CACHE_HITS = Counter(
     "conveyor_cache_hits", "Steps completed from the step-result cache.", ("workflow", "step")
 )
@@ -300,7 +295,7 @@ class WorkerMetrics:
             metric = _BY_NAME[name]
             (metric.labels(*labels) if labels else metric).inc(n)
         if in_flight is not None:
-            STEPS_IN_FLIGHT.set(in_flight)
+            in_flight_gauge().set(in_flight)
 
     def latency(self) -> dict[str, dict[str, float | int | None]]:
         """Percentiles of the last ~10 s (heartbeat intervals), then start a new interval."""
@@ -308,6 +303,21 @@ class WorkerMetrics:
         self.step_window.rotate()
         self.workflow_window.rotate()
         return out
+
+
+_gauges: dict[str, Gauge] = {}
+
+
+def in_flight_gauge() -> Gauge:
+    """Made by the first worker of a process, so API processes do not serve it (as 0)."""
+    gauge = _gauges.get("in_flight")
+    if gauge is None:
+        gauge = _gauges["in_flight"] = Gauge(
+            "conveyor_steps_in_flight",
+            "Tasks a worker holds: running, batching or being committed (sampled each second).",
+            multiprocess_mode="livesum",
+        )
+    return gauge
 
 
 _BY_NAME: dict[str, Any] = {
