@@ -11,8 +11,8 @@ the app below through the API for ``--seconds`` (a ramp, a burst that builds a b
 failures and retries, cache hits), then asks Prometheus for every panel's queries over the run
 and draws the dashboard's grid with matplotlib.
 
-Needs `prometheus` on PATH and matplotlib, which is not a Conveyor dependency
-(`.venv/bin/pip install matplotlib`). Everything it starts is stopped at the end.
+Needs `prometheus` on PATH and matplotlib (the `bench` extra). Everything it starts is
+stopped at the end.
 """
 
 from __future__ import annotations
