@@ -28,6 +28,7 @@ from .errors import (
     WorkflowFailedError,
 )
 from .observability.metrics import count_refused, count_started
+from .observability.tracing import TRACING
 from .settings import Settings
 from .storage.connection import connect
 from .storage.records import DeadLetter, WorkflowStatus
@@ -73,6 +74,7 @@ class AsyncClient:
             redis_url=redis_url, namespace=namespace, partitions=partitions, **settings
         )
         self.app = app
+        TRACING.refresh()  # trace starts when the application installed a TracerProvider
         self.redis = redis or connect(self.settings.redis_url)
         self._owns_redis = redis is None
         self.store = Store(self.redis, self.settings)

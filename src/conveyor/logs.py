@@ -76,9 +76,10 @@ class ConsoleFormatter(logging.Formatter):
 
 def json_formatter() -> logging.Formatter:
     return JsonFormatter(
-        "{asctime}{levelname}{name}{message}{process}",
+        "{levelname}{name}{message}{process}",
         style="{",
-        rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+        rename_fields={"levelname": "level", "name": "logger"},
+        timestamp="time",  # ISO 8601, UTC
         json_ensure_ascii=False,
     )
 

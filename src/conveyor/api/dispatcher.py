@@ -181,7 +181,8 @@ class Dispatcher:
         }
         if wait > 0:
             headers["Retry-After"] = str(max(1, math.ceil(wait)))
-            if scope == "submit":  # label by known names only: a path is caller input
+            if scope == "submit" and "signal" not in request.url.path:  # a start refused
+                # labelled by known names only: a path is caller input (/start: in the body)
                 name = request.path_params.get("name", "")
                 count_refused(name if name in self.app.workflows else "other", "rate_limit")
             raise Problem(

@@ -47,6 +47,7 @@ def uvicorn_options(host: str, port: int, workers: int, log_level: str) -> dict[
         "log_level": log_level.lower(),
         "factory": True,
         "access_log": False,  # one log line per request costs more than the request
+        "log_config": None,  # uvicorn's lines go through ours (JSON or console, as set)
         "timeout_graceful_shutdown": 10,
     }
     try:

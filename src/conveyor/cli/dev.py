@@ -17,6 +17,7 @@ from ..app import App
 from ..embedded import EmbeddedRedis, free_port
 from ..loader import load_app
 from ..logs import setup_logging
+from ..observability.tracing import setup_tracing
 from ..worker.process import WorkerOptions, exit_past_stuck_steps, run_async, serve
 
 console = Console(stderr=True)
@@ -51,6 +52,7 @@ def run_dev(
 ) -> None:
     # readable lines by default: dev runs in a terminal, often piped through tools
     setup_logging(log_level, os.environ.get("CONVEYOR_LOG_FORMAT") or "console")
+    setup_tracing("conveyor-dev")  # when OTEL_* variables ask for it
     server = None
     if not redis_url:
         server = embedded_redis(data_dir).start()

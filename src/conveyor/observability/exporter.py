@@ -72,4 +72,5 @@ def run_exporter(
         port=port,
         log_level=log_level.lower(),
         access_log=False,  # a line per scrape says nothing
+        log_config=None,  # uvicorn's lines go through ours (JSON or console, as set)
     )

@@ -70,7 +70,10 @@ STEPS_LIMITED = Counter(
     "conveyor_steps_limited", "Steps held back by a rate or concurrency limit (not run).", STEP
 )
 STEPS_DROPPED = Counter(
-    "conveyor_steps_dropped", "Tasks dropped unrun: their workflow stopped (cancelled).", STEP
+    "conveyor_steps_dropped",
+    "Tasks dropped unrun: their workflow stopped (cancelled, failed) or, for a wait's timer, "
+    "the signal came first.",
+    STEP,
 )
 STEP_DURATION = Histogram(
     "conveyor_step_duration_seconds", "Run time of step attempts.", STEP, buckets=DURATION_BUCKETS

@@ -90,12 +90,16 @@ class Tracing:
 
     def refresh(self) -> bool:
         """Turn tracing on when a real TracerProvider is installed (the SDK's, or any other
-        than OpenTelemetry's default proxy / no-op ones)."""
+        than OpenTelemetry's default proxy / no-op ones) and CONVEYOR_TRACING is not off.
+        Workers, clients and the API call it as they start, so a provider the application
+        installed first is used. It never turns tracing off."""
+        if self.enabled:
+            return True
         provider = trace.get_tracer_provider()
         off = os.environ.get("CONVEYOR_TRACING", "").lower() in ("0", "off", "false", "no")
         real = not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
-        self.enabled = real and not off
-        self.tracer = provider.get_tracer(INSTRUMENTATION) if self.enabled else None
+        if real and not off:
+            self.enabled, self.tracer = True, provider.get_tracer(INSTRUMENTATION)
         return self.enabled
 
     # -- producing: the root of a workflow's trace --------------------------------------------
@@ -191,7 +195,13 @@ def setup_tracing(service_name: str) -> bool:
     endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get(
         "OTEL_EXPORTER_OTLP_ENDPOINT"
     )
-    if exporter_name in ("", "none") and not (endpoint and exporter_name != "none"):
+    if exporter_name == "none" or not (exporter_name or endpoint):
+        return TRACING.refresh()
+    if exporter_name not in ("", "otlp", "console"):
+        log.warning(
+            "OTEL_TRACES_EXPORTER=%s is not supported (use otlp or console): tracing is off",
+            exporter_name,
+        )
         return TRACING.refresh()
     try:
         from opentelemetry.sdk.resources import Resource

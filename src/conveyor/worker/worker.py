@@ -17,6 +17,7 @@ from ..app import App
 from ..errors import ConfigurationError
 from ..limits import Limiter
 from ..observability.metrics import WorkerMetrics
+from ..observability.tracing import TRACING
 from ..storage.connection import UNAVAILABLE, connect
 from ..storage.records import Task
 from ..storage.store import Store, now_ms
@@ -191,6 +192,7 @@ class Worker:
         if self._started:
             return
         self.emitter.bind(asyncio.get_running_loop())
+        TRACING.refresh()  # a TracerProvider the application installed before starting us
         backoff = Backoff(cap=2.0)
         while not self.stopping.is_set():
             try:
