@@ -260,7 +260,12 @@ class StepRunner:
     # -- failure ----------------------------------------------------------------------------
 
     def failure(self, task: Task, step: Step | None, exc: BaseException, started: int) -> Outcome:
-        outcome = self._failure(task, step, exc, started)
+        # bound here too: a batched step's failures are logged per task, outside run()
+        token = bind_step(task.workflow_id, task.workflow, task.step, task.attempt, task.request_id)
+        try:
+            outcome = self._failure(task, step, exc, started)
+        finally:
+            unbind(token)
         outcome.error = exc
         return outcome
 
