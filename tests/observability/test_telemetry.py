@@ -508,7 +508,10 @@ def test_metrics_of_two_api_processes_are_one_scrape(redis7: EmbeddedRedis, name
                 assert http.post("/v1/workflows/pipeline", json=i).status_code == 202
                 assert http.post("/v1/workflows/nope", json=i).status_code == 404
         route = {"method": "POST", "route": "/v1/workflows/{name}"}
-        for _ in range(5):  # every answer is the sum over both processes
+        # each process writes its tallies to the shared files once a second
+        eventually(lambda: value(samples(f"{base}/metrics"), "conveyor_http_requests_total",
+                                 status="404", **route) == 40, what="both processes' requests")  # fmt: skip
+        for _ in range(5):  # then every answer, from either process, is the sum of both
             scrape = samples(f"{base}/metrics")
             assert value(scrape, "conveyor_http_requests_total", status="202", **route) == 40
             assert value(scrape, "conveyor_http_requests_total", status="404", **route) == 40

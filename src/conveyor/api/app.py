@@ -30,7 +30,7 @@ from ..errors import (
     ResultTimeoutError,
 )
 from ..observability.exporter import queue_metrics_response
-from ..observability.metrics import exposition
+from ..observability.metrics import HttpMetrics, exposition
 from ..storage.connection import UNAVAILABLE
 from ..storage.records import WorkflowStatus
 from .dispatcher import (
@@ -76,7 +76,7 @@ from .problems import (
 )
 from .settings import ApiSettings
 from .sse import event_stream
-from .telemetry import HttpMetrics, add_tracing
+from .telemetry import STREAMING, add_tracing, native_telemetry_off
 
 log = logging.getLogger("conveyor.api")
 
@@ -90,9 +90,12 @@ def create_app(app: App, settings: ApiSettings | None = None) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if not settings.auth:
             log.warning("API authentication is OFF (--no-auth): anyone who can reach it may use it")
+        flusher = asyncio.create_task(_flush_every(dispatcher.http_metrics, 1.0))
         try:
             yield
         finally:
+            flusher.cancel()
+            dispatcher.http_metrics.flush()
             await dispatcher.close()
 
     api = FastAPI(
@@ -101,6 +104,7 @@ def create_app(app: App, settings: ApiSettings | None = None) -> FastAPI:
         description="Submit, follow, signal and cancel durable workflows.",
         lifespan=lifespan,
         responses=problem_responses(401, 403, 413, 429, 503),
+        **native_telemetry_off(),
     )
     api.state.dispatcher = dispatcher
     api.openapi = lambda: _openapi(api)  # type: ignore[method-assign]
@@ -116,10 +120,15 @@ def create_app(app: App, settings: ApiSettings | None = None) -> FastAPI:
     # the busiest route, served before routing (see FastSubmit); the FastAPI route of the
     # same path documents it
     api.add_middleware(FastSubmit, dispatcher=dispatcher)
-    api.add_middleware(RequestHygiene, max_body=settings.max_body)
-    api.add_middleware(HttpMetrics)
+    api.add_middleware(RequestHygiene, max_body=settings.max_body, metrics=dispatcher.http_metrics)
     add_tracing(api)  # outermost: its span is current while a request starts workflows
     return api
+
+
+async def _flush_every(metrics: HttpMetrics, seconds: float) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        metrics.flush()
 
 
 UNAUTHENTICATED = {
@@ -300,6 +309,7 @@ def _routes(d: Dispatcher) -> APIRouter:
     ) -> Response:
         headers = await d.admit(request, "read")
         await d.client.status(workflow_id)  # 404 for an unknown workflow
+        request.scope[STREAMING] = True  # its length is the client's: counted, not timed
         resume = request.headers.get("last-event-id") or last_event_id or "0"
         if not _is_stream_id(resume):
             raise Problem(400, f"invalid Last-Event-ID {resume!r}", kind="bad-request")
@@ -430,6 +440,7 @@ def _routes(d: Dispatcher) -> APIRouter:
         response_class=PlainTextResponse,
     )  # fmt: skip
     async def metrics() -> Response:
+        d.http_metrics.flush()  # this process's requests up to now
         body, content_type = exposition()
         return Response(body, headers={"Content-Type": content_type})
 

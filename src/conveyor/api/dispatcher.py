@@ -28,7 +28,7 @@ from ..errors import (
     WorkflowNotFoundError,
 )
 from ..limits import Limit, Limiter
-from ..observability.metrics import count_refused
+from ..observability.metrics import HttpMetrics, count_refused
 from ..observability.queues import QueueExporter
 from ..storage.connection import UNAVAILABLE, connect
 from ..storage.queries import Queries
@@ -112,6 +112,7 @@ class Dispatcher:
         self.limits: dict[str, Limit] = {}
         self.rate_limits = LeasedRateLimits(self.limiter)
         self.queue_exporter = QueueExporter(self.client.store, known=app.queues)
+        self.http_metrics = HttpMetrics()
 
     async def close(self) -> None:
         await self.client.close()

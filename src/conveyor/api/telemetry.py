@@ -1,24 +1,24 @@
-"""The API's own telemetry: Prometheus request metrics by route template (pure ASGI, so the
-FastSubmit fast path is measured too) and, when tracing is on, OpenTelemetry's ASGI
+"""The API's own telemetry: request metrics by route template (recorded by RequestHygiene,
+so the FastSubmit fast path is measured too) and, when tracing is on, OpenTelemetry's ASGI
 middleware, whose server span (named after the route template) is the root of the trace of
 every workflow a request starts."""
 
 from __future__ import annotations
 
+import inspect
 import logging
-import time
 from typing import Any
 
 from fastapi import FastAPI
 from opentelemetry import trace
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
-from ..observability.metrics import HTTP_DURATION, HTTP_REQUESTS
 from ..observability.tracing import TRACING
 
 log = logging.getLogger("conveyor.api")
 
 ROUTE_KEY = "conveyor.route"  # set by handlers served before routing (FastSubmit)
+STREAMING = "conveyor.streaming"  # set by event-stream routes: counted, not timed
 UNMATCHED = "unmatched"  # one series for every path no route serves: bounded cardinality
 
 
@@ -28,46 +28,6 @@ def route_template(scope: Scope) -> str:
     if template is None:
         template = getattr(scope.get("route"), "path", None)
     return template if isinstance(template, str) else UNMATCHED
-
-
-class HttpMetrics:
-    """Counts requests and times them (to the end of the response body) by method, route
-    template and status. Event streams are counted, not timed: their length is the client's."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        self._series: dict[tuple[str, str, str], tuple[Any, Any]] = {}
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        began = time.perf_counter()
-        status = 500
-        streaming = False
-
-        async def send_and_watch(message: Message) -> None:
-            nonlocal status, streaming
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                if TRACING.enabled:  # routed by now; the span ends with the response
-                    name_span(scope["method"], route_template(scope))
-                for name, value in message.get("headers", ()):
-                    if name == b"content-type" and value.startswith(b"text/event-stream"):
-                        streaming = True
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_and_watch)
-        finally:
-            key = (scope["method"], route_template(scope), str(status))
-            series = self._series.get(key)
-            if series is None:
-                series = (HTTP_REQUESTS.labels(*key), HTTP_DURATION.labels(*key))
-                self._series[key] = series
-            series[0].inc()
-            if not streaming:
-                series[1].observe(time.perf_counter() - began)
 
 
 def name_span(method: str, template: str) -> None:
@@ -98,3 +58,12 @@ def add_tracing(api: FastAPI) -> bool:
         exclude_spans=["receive", "send"],
     )
     return True
+
+
+def native_telemetry_off() -> dict[str, Any]:
+    """FastAPI's own OpenTelemetry telemetry (FastAPI 0.160+) checks the providers on every
+    request; Conveyor brings its own metrics and spans (and FastAPI defers to OpenTelemetry's
+    ASGI middleware when it is there), so it is turned off where FastAPI has it."""
+    if "telemetry" not in inspect.signature(FastAPI.__init__).parameters:
+        return {}
+    return {"telemetry": {"tracing": False, "metrics": False, "logs": False}}

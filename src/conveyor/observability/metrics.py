@@ -143,16 +143,19 @@ class _Tally:
     a step pays a list increment where prometheus-client takes a lock per value (measured:
     ~14 µs of worker CPU per single-step workflow with direct updates)."""
 
-    __slots__ = ("buckets", "counts", "labels", "sum")
+    __slots__ = ("bounds", "buckets", "counts", "labels", "sum")
 
-    def __init__(self, labels: tuple[str, ...], counters: int, buckets: int) -> None:
+    def __init__(
+        self, labels: tuple[str, ...], counters: int, bounds: tuple[float, ...] = DURATION_BUCKETS
+    ) -> None:
         self.labels = labels
         self.counts = [0] * counters
-        self.buckets = [0] * buckets
+        self.bounds = bounds
+        self.buckets = [0] * (len(bounds) + 1)  # the last one is +Inf
         self.sum = 0.0
 
     def observe(self, seconds: float) -> None:
-        self.buckets[bisect_left(DURATION_BUCKETS, seconds)] += 1
+        self.buckets[bisect_left(self.bounds, seconds)] += 1
         self.sum += seconds
 
     def flush(self, counters: tuple[Any, ...], histogram: Any) -> None:
@@ -221,7 +224,7 @@ class WorkerMetrics:
         key = (task.workflow, task.step, task.queue)
         found = self._steps.get(key)
         if found is None:
-            found = self._steps[key] = _Tally(key, len(STEP_COUNTERS), len(DURATION_BUCKETS) + 1)
+            found = self._steps[key] = _Tally(key, len(STEP_COUNTERS))
         return found
 
     def started(self, tasks: Iterable[Task]) -> None:
@@ -271,7 +274,7 @@ class WorkerMetrics:
         key = (task.workflow, status)
         tally = self._workflows.get(key)
         if tally is None:
-            tally = self._workflows[key] = _Tally(key, 0, len(DURATION_BUCKETS) + 1)
+            tally = self._workflows[key] = _Tally(key, 0)
         tally.observe(seconds)
         self.workflow_window.add(seconds)
 
@@ -382,6 +385,30 @@ def serve(port: int, host: str = "0.0.0.0") -> None:
     from prometheus_client import start_http_server
 
     start_http_server(port, addr=host, registry=registry())
+
+
+class HttpMetrics:
+    """Requests of an API process, tallied like a worker's steps (one dict lookup and a
+    list increment per request) and written to the metrics by :meth:`flush`: each second
+    (the API's lifespan runs it) and before this process answers a scrape."""
+
+    def __init__(self) -> None:
+        self._requests: dict[tuple[str, str, str], _Tally] = {}
+
+    def record(self, method: str, route: str, status: int, seconds: float | None) -> None:
+        """One answered request; ``seconds`` None for an event stream (counted, not timed:
+        its length is the client's)."""
+        key = (method, route, str(status))
+        tally = self._requests.get(key)
+        if tally is None:
+            tally = self._requests[key] = _Tally(key, 1, HTTP_BUCKETS)
+        tally.counts[0] += 1
+        if seconds is not None:
+            tally.observe(seconds)
+
+    def flush(self) -> None:
+        for tally in self._requests.values():
+            tally.flush((HTTP_REQUESTS,), HTTP_DURATION)
 
 
 _started: dict[str, Any] = {}
