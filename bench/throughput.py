@@ -28,6 +28,7 @@ Examples:
   python bench/throughput.py --only single --n 50000 --concurrency 256
   python bench/throughput.py --only latency --rate 500 --seconds 5 --worker-process
   python bench/throughput.py --profile              # scenario "single" under cProfile
+  python bench/throughput.py --only single --trace  # with a span per step (dropped)
   python bench/throughput.py --json > result.json
 """
 
@@ -655,6 +656,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Python 3.12+: asyncio.eager_task_factory on the loop (steps that finish without "
         "waiting never become scheduled tasks)",
     )
+    p.add_argument(
+        "--trace",
+        action="store_true",
+        help="tracing on: the OpenTelemetry SDK with a batch processor whose exporter drops "
+        "the spans (what making and batching a span per step costs, not shipping them)",
+    )
     p.add_argument("--profile", action="store_true", help="run scenario 'single' under cProfile")
     p.add_argument("--top", type=int, default=25, help="functions listed by --profile")
     p.add_argument("--json", action="store_true", help="print results as JSON only")
@@ -739,8 +746,26 @@ def run_main(
     return 0
 
 
+def trace_to_nowhere() -> None:
+    """Install an SDK TracerProvider whose spans are batched and then dropped."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    class Drop(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(Drop()))
+    trace.set_tracer_provider(provider)
+
+
 def main(argv: list[str] | None = None) -> int:
-    return run_main(parse_args(argv), run)
+    args = parse_args(argv)
+    if args.trace:
+        trace_to_nowhere()
+    return run_main(args, run)
 
 
 if __name__ == "__main__":

@@ -522,3 +522,28 @@ def test_metrics_of_two_api_processes_are_one_scrape(redis7: EmbeddedRedis, name
         assert value(queues, "conveyor_queue_backlog", queue="front") == 40
     finally:
         stop(api)
+
+
+def test_steps_of_an_unsampled_trace_make_no_span(spans: Any) -> None:
+    """With a parent-based sampler (OpenTelemetry's default), a task whose carrier says
+    "not sampled" runs without a span and passes the same carrier on."""
+    from conveyor.observability.tracing import TRACING
+    from conveyor.storage.records import Task
+
+    def task(flags: str) -> Task:
+        tp = f"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-{flags}"
+        return Task("s", b"1-0", 0, "q", "wf", "w", "s", 1, 1, b"1", None, None,
+                    trace=carrier(5, tp))  # fmt: skip
+
+    TRACING.parent_based = True
+    try:
+        for flags in ("00", "02"):  # 02: W3C level 2's random bit, not sampled
+            unsampled = task(flags)
+            assert TRACING.start_step(unsampled) is None and unsampled.carry is None
+        sampled = task("01")
+        span = TRACING.start_step(sampled)
+        assert span is not None and sampled.carry is not None
+        assert split(sampled.carry)[0] == 5 and split(sampled.carry)[1].endswith("-01")
+        span.end()
+    finally:
+        TRACING.parent_based = False

@@ -21,13 +21,18 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 if TYPE_CHECKING:
@@ -66,15 +71,27 @@ def trace_id_of(value: str) -> str | None:
 
 
 def _traceparent(span: trace.Span) -> str:
-    headers: dict[str, str] = {}
-    _PROPAGATOR.inject(headers, trace.set_span_in_context(span))
-    return headers.get("traceparent", "")
+    """The W3C traceparent of ``span`` (formatted here: the propagator's inject costs 5x)."""
+    ctx = span.get_span_context()
+    if not ctx.is_valid:
+        return ""
+    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"
 
 
 def _context_of(traceparent: str) -> otel_context.Context | None:
-    if not traceparent:
+    """The parent context a carrier's traceparent names (parsed here, as above; anything
+    malformed goes through the propagator, which ignores it as the spec says)."""
+    parts = traceparent.split("-")
+    if len(parts) != 4 or parts[0] != "00" or len(parts[1]) != 32 or len(parts[2]) != 16:
+        return _PROPAGATOR.extract({"traceparent": traceparent}) if traceparent else None
+    try:
+        ctx = SpanContext(
+            int(parts[1], 16), int(parts[2], 16), is_remote=True,
+            trace_flags=TraceFlags(int(parts[3], 16)),
+        )  # fmt: skip
+    except ValueError:
         return None
-    return _PROPAGATOR.extract({"traceparent": traceparent})
+    return trace.set_span_in_context(NonRecordingSpan(ctx)) if ctx.is_valid else None
 
 
 # -- the switch ---------------------------------------------------------------------------------
@@ -87,6 +104,9 @@ class Tracing:
     def __init__(self) -> None:
         self.enabled = False
         self.tracer: trace.Tracer | None = None
+        # the provider's sampler follows the parent's decision (OpenTelemetry's default):
+        # a step of an unsampled trace then needs no span at all
+        self.parent_based = False
 
     def refresh(self) -> bool:
         """Turn tracing on when a real TracerProvider is installed (the SDK's, or any other
@@ -100,6 +120,7 @@ class Tracing:
         real = not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
         if real and not off:
             self.enabled, self.tracer = True, provider.get_tracer(INSTRUMENTATION)
+            self.parent_based = _parent_based(getattr(provider, "sampler", None))
         return self.enabled
 
     # -- producing: the root of a workflow's trace --------------------------------------------
@@ -129,6 +150,8 @@ class Tracing:
         if self.tracer is None:
             return None
         started, traceparent = split(task.trace)
+        if self.parent_based and traceparent and not _sampled(traceparent):
+            return None  # the trace was not sampled: its steps would not be either
         span = self.tracer.start_span(
             f"{task.workflow}.{task.step}",
             context=_context_of(traceparent),
@@ -146,17 +169,14 @@ class Tracing:
         return span
 
     @staticmethod
-    @contextmanager
-    def active(span: trace.Span | None) -> Iterator[None]:
-        """Make ``span`` current while a step runs (its own spans and logs nest under it)."""
-        if span is None:
-            yield
-            return
-        token = otel_context.attach(trace.set_span_in_context(span))
-        try:
-            yield
-        finally:
-            otel_context.detach(token)
+    def attach(span: trace.Span) -> object:
+        """Make ``span`` current while its step runs (the step's own spans and logs nest
+        under it); returns the token for :meth:`detach`."""
+        return otel_context.attach(trace.set_span_in_context(span))
+
+    @staticmethod
+    def detach(token: object) -> None:
+        otel_context.detach(token)  # type: ignore[arg-type]
 
     @staticmethod
     def end_step(span: trace.Span | None, kind: str, error: BaseException | None) -> None:
@@ -167,6 +187,23 @@ class Tracing:
             span.record_exception(error)
             span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
         span.end()
+
+
+def _sampled(traceparent: str) -> bool:
+    """The sampled bit of a traceparent's flags (other bits, such as W3C level 2's random
+    bit, say nothing about sampling)."""
+    try:
+        return bool(int(traceparent[-2:], 16) & 1)
+    except ValueError:
+        return True
+
+
+def _parent_based(sampler: object) -> bool:
+    try:
+        from opentelemetry.sdk.trace.sampling import ParentBased
+    except ImportError:
+        return False
+    return isinstance(sampler, ParentBased)
 
 
 TRACING = Tracing()

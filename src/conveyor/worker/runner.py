@@ -121,8 +121,11 @@ class StepRunner:
             if span is None:
                 outcome, error = await self._run(task)
             else:
-                with Tracing.active(span):
+                attached = Tracing.attach(span)
+                try:
                     outcome, error = await self._run(task)
+                finally:
+                    Tracing.detach(attached)
             kind = outcome.kind
             return outcome
         finally:
