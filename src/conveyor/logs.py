@@ -17,6 +17,7 @@ from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
 
+from .errors import ConfigurationError
 from .observability.tracing import current_trace_id
 
 FORMATS = ("auto", "json", "console")
@@ -87,7 +88,10 @@ def json_formatter() -> logging.Formatter:
 def resolve_format(fmt: str | None) -> str:
     fmt = (fmt or os.environ.get("CONVEYOR_LOG_FORMAT") or "auto").lower()
     if fmt not in FORMATS:
-        raise ValueError(f"log format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+        raise ConfigurationError(
+            f"log format must be one of {', '.join(FORMATS)}, not {fmt!r} "
+            "(--log-format / CONVEYOR_LOG_FORMAT)"
+        )
     if fmt == "auto":
         return "console" if sys.stderr.isatty() else "json"
     return fmt
@@ -98,6 +102,11 @@ def setup_logging(level: str | None = None, fmt: str | None = None) -> None:
     INFO) and ``fmt`` (or CONVEYOR_LOG_FORMAT): ``json``, ``console``, or ``auto`` (console
     on a terminal, JSON lines otherwise, as in a container)."""
     level = (level or os.environ.get("CONVEYOR_LOG_LEVEL") or "INFO").upper()
+    if level not in logging.getLevelNamesMapping():
+        raise ConfigurationError(
+            f"unknown log level {level!r} (--log-level / CONVEYOR_LOG_LEVEL): use DEBUG, INFO, "
+            "WARNING, ERROR or CRITICAL"
+        )
     resolved = resolve_format(fmt)
     # children of `conveyor worker --processes N` set up the same way
     os.environ["CONVEYOR_LOG_FORMAT"] = resolved

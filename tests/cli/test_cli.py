@@ -59,6 +59,13 @@ def test_readable_errors(env: dict[str, str]) -> None:
     assert_one_line_error(conveyor("status", "0" * 32, env=env), "no workflow with id")
     assert_one_line_error(conveyor("dlq", "replay", env=env), "give dead-letter ids")
     assert_one_line_error(
+        conveyor("worker", "conveyor.demo:app", "--log-format", "yaml", env=env),
+        "log format must be one of auto, json, console, not 'yaml'",
+    )
+    assert_one_line_error(
+        conveyor("exporter", env={**env, "CONVEYOR_LOG_LEVEL": "LOUD"}), "unknown log level 'LOUD'"
+    )
+    assert_one_line_error(
         conveyor("dlq", "drop", "bogus", env=env), "invalid dead-letter id 'bogus'"
     )
     closed = {**env, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
