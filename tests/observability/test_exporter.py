@@ -23,7 +23,7 @@ from conveyor.embedded import EmbeddedRedis, free_port
 from conveyor.observability.queues import QueueExporter
 from conveyor.settings import Settings
 from conveyor.storage.connection import connect
-from conveyor.storage.queries import QueueSnapshot, StreamStats
+from conveyor.storage.snapshot import QueueSnapshot, StreamStats
 from conveyor.storage.store import Store
 from tests.conftest import drain
 

@@ -16,7 +16,7 @@ from conveyor.embedded import EmbeddedRedis, free_port
 from conveyor.observability.top import Latency, QueueRow, WorkerRow, build_view, render
 from conveyor.settings import Settings
 from conveyor.storage.connection import connect
-from conveyor.storage.queries import QueueSnapshot, StreamStats
+from conveyor.storage.snapshot import QueueSnapshot, StreamStats
 from conveyor.storage.store import Store
 from tests.observability.test_exporter import CLI, ROOT, heartbeat, prepare
 

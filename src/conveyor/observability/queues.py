@@ -2,8 +2,8 @@
 
 Workers know what they did; only Redis knows what is still to do. One scrape reads every
 partition stream of every queue in one pipelined round trip (plus one more when needed, see
-:meth:`Queries.queue_snapshot`) and renders it with prometheus_client's own exposition code,
-from a private registry, so nothing here is process-global and several exporters (the
+storage/snapshot.py) and renders it with prometheus_client's own exposition code, from a
+private registry, so nothing here is process-global and several exporters (the
 `conveyor exporter` server, the API's ``/metrics/queues``) can live in one process.
 """
 
@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 
 from ..storage.connection import UNAVAILABLE
-from ..storage.queries import Queries, QueueSnapshot
+from ..storage.snapshot import QueueSnapshot, queue_snapshot
 from ..storage.store import Store
 
 __all__ = ["QueueExporter"]
@@ -51,7 +51,6 @@ class QueueExporter:
         timeout: float = 5.0,
     ) -> None:
         self.store = store
-        self.queries = Queries(store)
         self.timeout = timeout
         self._fixed = list(queues) if queues is not None else None
         self._always = list(known)
@@ -65,12 +64,12 @@ class QueueExporter:
 
     async def _snapshot(self) -> QueueSnapshot:
         if self._fixed is not None:
-            snap = await self.queries.queue_snapshot(self._fixed)
+            snap = await queue_snapshot(self.store, self._fixed)
         else:
-            snap = await self.queries.queue_snapshot(self._known, registry=True)
+            snap = await queue_snapshot(self.store, self._known, registry=True)
             wanted = list(dict.fromkeys([*self._always, *(snap.registered or [])]))
             if set(wanted) - set(self._known):  # a queue we did not read: read it now
-                snap = await self.queries.queue_snapshot(wanted, registry=True)
+                snap = await queue_snapshot(self.store, wanted, registry=True)
             self._known = wanted
         self._check_partitions(snap)
         return snap

@@ -22,7 +22,7 @@ from rich.text import Text
 
 from ..settings import Settings
 from ..storage.connection import UNAVAILABLE, connect
-from ..storage.queries import QueueSnapshot
+from ..storage.snapshot import QueueSnapshot
 from ..storage.store import Store
 from .queues import QueueExporter
 
