@@ -548,14 +548,16 @@ def _seconds(value: str) -> float:
 
 async def test_queues_and_dead_letters_and_replay(api: ApiServer) -> None:
     async with aclient(api) as c:
-        assert (await backlog(c)) == {"queue": "default", "stream": 0, "pending": 0,
-                                      "delayed": 0, "dead": 0}  # fmt: skip
+        assert (await backlog(c)) == {"queue": "default", "stream": 0, "pending": 0, "lag": 0,
+                                      "oldest_age": 0.0, "delayed": 0, "dead": 0,
+                                      "workers": 0}  # fmt: skip
         await c.post("/v1/workflows/orders", json={"sku": "a", "qty": 1})
         await c.post("/v1/workflows/orders", json={"sku": "b", "qty": 1})
         later = await c.post("/v1/workflows/approval", params={"delay": 600}, json="later")
         assert later.status_code == 202
         stats = await backlog(c)
         assert (stats["stream"], stats["delayed"], stats["pending"], stats["dead"]) == (2, 1, 0, 0)
+        assert stats["lag"] == 2 and stats["oldest_age"] >= 0 and stats["workers"] == 0
 
         # the API refuses this input (422); the Python client does not validate, the worker does
         assert_problem(await c.post("/v1/workflows/orders", json={"sku": ""}), 422)
@@ -564,12 +566,16 @@ async def test_queues_and_dead_letters_and_replay(api: ApiServer) -> None:
         async with running(api):
 
             async def dead_letters() -> list[dict[str, Any]]:
-                # acknowledged entries count in the stream until the worker trims them
-                if (await backlog(c))["stream"]:
+                if (await backlog(c))["stream"]:  # still waiting or running
                     return []
                 return (await c.get("/v1/dlq")).json()["items"]
 
             (letter,) = await until(dead_letters)
+
+            async def one_worker() -> bool:  # from the running worker's heartbeat
+                return (await backlog(c))["workers"] == 1
+
+            await until(one_worker)
         assert (letter["workflow_id"], letter["workflow"], letter["step"]) == (
             bad,
             "orders",

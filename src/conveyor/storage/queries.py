@@ -14,10 +14,13 @@ from pydantic import BaseModel, Field
 
 from .. import codec
 from .records import from_ms
+from .snapshot import queue_snapshot
 from .store import Store
 
 #: Index entries read per partition and round while paging (more rounds when filtered out).
 PAGE_FACTOR = 2
+#: Dead letters read per partition to count them by queue (GET /v1/queues).
+DEAD_SCAN = 10_000
 
 
 class WorkflowSummary(BaseModel):
@@ -45,10 +48,13 @@ class WaitEntry(BaseModel):
 
 class QueueStats(BaseModel):
     queue: str
-    stream: int = Field(description="entries in the task streams (waiting or running)")
-    pending: int = Field(description="entries delivered to a worker, not yet acknowledged")
+    stream: int = Field(description="tasks in the task streams, waiting or running (backlog)")
+    pending: int = Field(description="tasks delivered to a worker, not yet acknowledged")
+    lag: int = Field(0, description="tasks not yet delivered to any worker")
+    oldest_age: float = Field(0.0, description="seconds the oldest of them has waited")
     delayed: int = Field(description="retries, timers and held-back tasks not yet due")
     dead: int = Field(description="dead letters of this queue")
+    workers: int = Field(0, description="live workers serving this queue")
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,32 +203,27 @@ class Queries:
         return entries
 
     async def queues(self, queues: list[str]) -> list[QueueStats]:
-        """Per queue, over all partitions: stream length, pending, delayed, dead letters."""
-        partitions = range(self.store.settings.partitions)
-        group = self.store.settings.group
+        """Per queue, over all partitions: the queue snapshot's totals (what the exporter
+        serves) and the dead letters of each queue (counted over the newest 10,000 dead
+        letters of each partition)."""
+        snap = await queue_snapshot(self.store, queues)
         pipe = self.redis.pipeline(transaction=False)
-        for q in queues:
-            for p in partitions:
-                pipe.xlen(self.keys.stream(p, q))
-                pipe.zcard(self.keys.delayed(p, q))
-                pipe.execute_command("XPENDING", self.keys.stream(p, q), group)
-        for p in partitions:
-            pipe.xrange(self.keys.dead(p), count=10_000)
-        replies = await pipe.execute(raise_on_error=False)
+        for p in range(self.store.settings.partitions):
+            pipe.xrevrange(self.keys.dead(p), count=DEAD_SCAN)
         dead: dict[str, int] = {}
-        for entries in replies[len(queues) * len(partitions) * 3 :]:
+        for entries in await pipe.execute():
             for _, f in entries:
                 q = (f.get(b"queue") or b"").decode()
                 dead[q] = dead.get(q, 0) + 1
-        out = []
-        for i, q in enumerate(queues):
-            chunk = replies[i * len(partitions) * 3 : (i + 1) * len(partitions) * 3]
-            pending = sum(int(r[0]) for r in chunk[2::3] if isinstance(r, list | tuple) and r)
-            out.append(QueueStats(
-                queue=q, stream=sum(chunk[0::3]), pending=pending, delayed=sum(chunk[1::3]),
-                dead=dead.get(q, 0),
-            ))  # fmt: skip
-        return out
+        workers = snap.workers_per_queue()
+        return [
+            QueueStats(
+                queue=t.queue, stream=t.backlog, pending=t.pending, lag=t.lag,
+                oldest_age=t.oldest_age, delayed=t.delayed, dead=dead.get(t.queue, 0),
+                workers=workers.get(t.queue, 0),
+            )
+            for t in snap.totals()
+        ]  # fmt: skip
 
     async def events(
         self, workflow_id: str, after: str, block_ms: int | None, count: int = 500
