@@ -5,19 +5,16 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
 
 from conveyor.api.settings import hash_token
 from conveyor.embedded import EmbeddedRedis, free_port
+from tests.processes import ROOT, spawn, stop, wait_http
 
-ROOT = Path(__file__).resolve().parents[2]
 APP = "tests.apps.api_app:app"
 
 # one token per scope set; the server only ever sees their hashes
@@ -55,35 +52,14 @@ def start_api(redis: EmbeddedRedis, namespace: str, *args: str, **env_extra: str
         "CONVEYOR_API_KEYS": KEYS,
         **env_extra,
     }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "conveyor", "api", APP, "--port", str(port),
-         "--log-level", "WARNING", *args],
-        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    process = spawn(["api", APP, "--port", str(port), "--log-level", "WARNING", *args], env)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            output = process.communicate()[0].decode(errors="replace")
-            raise RuntimeError(f"the API did not start:\n{output}")
-        time.sleep(0.05)
+    wait_http(f"{url}/healthz", process)
     return ApiServer(url, process, env)
 
 
 def stop_api(server: ApiServer) -> str:
-    server.process.terminate()
-    try:
-        output = server.process.communicate(timeout=15)[0]
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-        output = server.process.communicate()[0]
-    return output.decode(errors="replace")
+    return stop(server.process, timeout=15)
 
 
 @pytest.fixture

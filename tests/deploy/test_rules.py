@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from conveyor.embedded import EmbeddedRedis, free_port
+from tests.processes import spawn, stop, wait_http
 
 from . import (
     KNOWN_METRICS,
@@ -262,31 +262,9 @@ APP = "tests.apps.api_app:app"
 
 
 def _start(args: list[str], env: dict[str, str], ready: str) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "conveyor", *args], env=env, cwd=ROOT,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(ready, timeout=1).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            output = process.communicate()[0].decode(errors="replace")
-            raise AssertionError(f"`conveyor {' '.join(args)}` did not serve {ready}:\n{output}")
-        time.sleep(0.1)
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.communicate(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.communicate()
+    process = spawn(args, env)
+    wait_http(ready, process)
+    return process
 
 
 @pytest.fixture
@@ -294,7 +272,7 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
     started: list[subprocess.Popen[bytes]] = []
     yield started
     for process in reversed(started):
-        _stop(process)
+        stop(process, timeout=15)
 
 
 def _families(url: str) -> dict[str, set[frozenset[str]]]:

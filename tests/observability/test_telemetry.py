@@ -9,15 +9,11 @@ import asyncio
 import gzip
 import json
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -30,8 +26,8 @@ from conveyor.embedded import EmbeddedRedis, free_port
 from conveyor.errors import WorkflowFailedError
 from conveyor.logs import ContextFilter, bind_step, json_formatter, unbind
 from conveyor.observability.tracing import carrier, split, trace_id_of
+from tests.processes import ROOT, spawn, stop, wait_http
 
-ROOT = Path(__file__).resolve().parents[2]
 APP = "tests.apps.observed:app"
 
 
@@ -45,37 +41,6 @@ def base_env(redis: EmbeddedRedis, namespace: str, **extra: str) -> dict[str, st
         "CONVEYOR_PARTITIONS": "4", "CONVEYOR_LOG_FORMAT": "json", **extra,
     })  # fmt: skip
     return env
-
-
-def spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "conveyor", *args], env=env, cwd=ROOT,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-
-
-def stop(process: subprocess.Popen[bytes]) -> str:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-    try:
-        out = process.communicate(timeout=30)[0]
-    except subprocess.TimeoutExpired:
-        process.kill()
-        out = process.communicate()[0]
-    return out.decode(errors="replace")
-
-
-def wait_http(url: str, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"{url} never answered:\n{stop(process)}")
-        time.sleep(0.05)
 
 
 def eventually(check: Callable[[], Any], timeout: float = 15, what: str = "") -> Any:
