@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import Any
+from urllib.parse import urlsplit
 
 import hiredis
 import redis.asyncio as aredis
@@ -64,11 +66,17 @@ def connect(url: str, *, max_connections: int | None = None, **options: Any) -> 
     Responses stay bytes (no decoding cost on the hot path); hiredis parses them when
     installed. A command that hits a dropped connection is retried briefly before the
     error reaches the caller, which then backs off by itself.
+
+    A URL without a password takes the one in ``REDIS_PASSWORD``, if set: a Kubernetes
+    Secret can provide it as it is, with no URL-encoding and no password in the ConfigMap.
     """
     if not url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigurationError(
             f"unsupported Redis URL {url!r}: expected redis://, rediss:// or unix://"
         )
+    password = os.environ.get("REDIS_PASSWORD")
+    if password and "password" not in options and not urlsplit(url).password:
+        options["password"] = password
     # A blocking pool: past max_connections a caller waits for a free connection instead of
     # failing (a burst of concurrent starts must not error out).
     pool = aredis.BlockingConnectionPool.from_url(
