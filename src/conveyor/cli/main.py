@@ -16,6 +16,7 @@ from rich.markup import escape
 
 from ..client import AsyncClient
 from ..errors import ConveyorError, WorkflowFailedError
+from ..scaling.hpa import DEFAULT_BEHAVIOR
 from ..settings import Settings
 from ..storage.connection import UNAVAILABLE
 from . import observe
@@ -156,12 +157,43 @@ def worker(
             envvar="CONVEYOR_METRICS_PORT",
             min=0,
             max=65535,
-            help="Serve Prometheus metrics of all worker processes on this port.",
+            help="Serve the metrics of all worker processes (/metrics) and the probes (/healthz, /readyz, /drain) on this port.",
         ),
     ] = None,
     metrics_host: Annotated[
         str, typer.Option("--metrics-host", help="Address the metrics port listens on.")
     ] = "0.0.0.0",
+    autoscale: Annotated[
+        str | None,
+        typer.Option(
+            "--autoscale",
+            metavar="MIN:MAX",
+            help="Grow and shrink the worker processes between MIN and MAX on the backlog "
+            "(instead of --processes), as the Kubernetes HPA does.",
+        ),
+    ] = None,
+    autoscale_target: Annotated[
+        float,
+        typer.Option("--autoscale-target", min=1, help="Backlog (tasks) per process to aim at."),
+    ] = 100.0,
+    autoscale_interval: Annotated[
+        float,
+        typer.Option("--autoscale-interval", min=0.1, help="Seconds between decisions."),
+    ] = 15.0,
+    scale_up_window: Annotated[
+        float,
+        typer.Option(
+            "--scale-up-window", min=0, help="Seconds a higher backlog must last to scale up."
+        ),
+    ] = DEFAULT_BEHAVIOR.scale_up.stabilization_window,
+    scale_down_window: Annotated[
+        float,
+        typer.Option(
+            "--scale-down-window",
+            min=0,
+            help="Seconds the backlog must stay low before processes are stopped.",
+        ),
+    ] = DEFAULT_BEHAVIOR.scale_down.stabilization_window,
     redis_url: RedisUrl = None,
     namespace: Namespace = None,
     partitions: Partitions = None,
@@ -171,8 +203,17 @@ def worker(
     """Run workers for an app until SIGTERM or Ctrl-C (then drain and exit 0)."""
     from ..loader import load_app
     from ..logs import setup_logging
+    from ..scaling.local import AutoscaleOptions, parse_range
     from ..worker.process import WorkerOptions, run_workers
 
+    scaling = None
+    if autoscale is not None:
+        if processes != 1:
+            fail("use either --processes or --autoscale, not both")
+        low, high = parse_range(autoscale)
+        scaling = AutoscaleOptions(
+            low, high, autoscale_target, autoscale_interval, scale_up_window, scale_down_window
+        )
     setup_logging(log_level, log_format)
     loaded = load_app(app)
     overrides = {"redis_url": redis_url, "namespace": namespace, "partitions": partitions}
@@ -186,6 +227,7 @@ def worker(
         settings=overrides,
         metrics_port=metrics_port,
         metrics_host=metrics_host,
+        autoscale=scaling,
     )
     raise typer.Exit(run_workers(app, loaded, processes, options, log_level))
 

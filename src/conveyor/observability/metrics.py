@@ -380,13 +380,6 @@ def exposition() -> tuple[bytes, str]:
     return generate_latest(registry()), CONTENT_TYPE_LATEST
 
 
-def serve(port: int, host: str = "0.0.0.0") -> None:
-    """Serve ``/metrics`` from a background thread (prometheus-client's own server)."""
-    from prometheus_client import start_http_server
-
-    start_http_server(port, addr=host, registry=registry())
-
-
 class HttpMetrics:
     """Requests of an API process, tallied like a worker's steps (one dict lookup and a
     list increment per request) and written to the metrics by :meth:`flush`: each second

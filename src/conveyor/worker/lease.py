@@ -35,6 +35,7 @@ class LeaseKeeper:
         self.stats = stats
         self.metrics = metrics
         self.started = time.time()
+        self.published_at = 0.0  # when a heartbeat last reached Redis (readiness)
         self.info = {
             "name": consumer,
             "host": socket.gethostname(),
@@ -73,6 +74,7 @@ class LeaseKeeper:
         pipe.set(keys.worker(self.consumer), codec.dumps(info), ex=self.ttl)
         pipe.zadd(keys.workers, {self.consumer: int(time.time() * 1000)})
         await pipe.execute()
+        self.published_at = time.time()
 
     async def forget(self) -> None:
         pipe = self.store.redis.pipeline(transaction=False)
