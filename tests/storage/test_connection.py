@@ -1,6 +1,9 @@
 """The connection factory: URL checks, hiredis command packing, a blocking pool."""
 
+from pathlib import Path
+
 import pytest
+from redis.exceptions import AuthenticationError
 
 from conveyor import ConfigurationError
 from conveyor.embedded import EmbeddedRedis
@@ -37,3 +40,24 @@ def test_no_per_command_timeout_but_keepalive_probing(redis7: EmbeddedRedis) -> 
     kwargs = r.connection_pool.connection_kwargs
     assert kwargs["socket_timeout"] is None and kwargs["socket_keepalive"] is True
     assert kwargs["socket_keepalive_options"]  # dead peers found in ~25 s, not hours
+
+
+async def test_redis_password_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """REDIS_PASSWORD is used as it is (no URL-encoding) when the URL has no password; one
+    in the URL wins."""
+    secret = "p@ss:w/rd %"  # would need encoding inside a URL
+    with EmbeddedRedis(tmp_path, appendonly=False, extra_args=["--requirepass", secret]) as server:
+        bare = connect(server.url)
+        with pytest.raises(AuthenticationError):
+            await bare.ping()
+        await bare.aclose()
+        monkeypatch.setenv("REDIS_PASSWORD", secret)
+        authed = connect(server.url)
+        assert await authed.ping()
+        await authed.aclose()
+        wrong = connect(server.url.replace("redis://", "redis://:nope@"))
+        with pytest.raises(AuthenticationError):
+            await wrong.ping()  # the URL's password, not the variable's
+        await wrong.aclose()
