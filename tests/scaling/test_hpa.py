@@ -101,3 +101,16 @@ def test_min_select_takes_the_smaller_change() -> None:
 def test_wrong_settings_are_refused(make: object, message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         make()  # type: ignore[operator]
+
+
+def test_a_period_starts_from_the_net_of_both_directions() -> None:
+    """Up 2, down 2, then up again within one scale-up period: the period started at 1
+    replica (net change 0), so 2 more may be added, as the controller computes it."""
+    behavior = Behavior(
+        scale_up=ScalingRules(0, (ScalingPolicy("Pods", 2, 60),)),
+        scale_down=ScalingRules(0, (ScalingPolicy("Pods", 100, 1),)),
+    )
+    hpa = Autoscaler(1, 100, 10, behavior)
+    assert hpa.desired(0, 1, 1000) == 3
+    assert hpa.desired(10, 3, 0) == 1
+    assert hpa.desired(20, 1, 1000) == 3

@@ -58,8 +58,8 @@ def test_autoscaler_syncs_on_its_interval_and_keeps_count_when_blind() -> None:
     assert scaler.poll(5) is None  # Redis unreadable: no decision
     now[0] = 15
     assert scaler.poll(5) == 5  # empty, but the scale-down window remembers 9
-    now[0] = 26
-    assert scaler.poll(5) == 2  # window passed: at most half per minute (int(5 * 0.5))
+    now[0] = 66  # the window has passed, and the minute of the scale-up too
+    assert scaler.poll(5) == 2  # at most half per minute: int(5 * 0.5)
     assert readings == []
 
 

@@ -16,10 +16,10 @@ from rich.markup import escape
 
 from ..client import AsyncClient
 from ..errors import ConveyorError, WorkflowFailedError
-from ..scaling.hpa import DEFAULT_BEHAVIOR
+from ..scaling.hpa import DEFAULT_BEHAVIOR, TARGET_SHARE
 from ..settings import Settings
 from ..storage.connection import UNAVAILABLE
-from . import observe
+from . import observe, scale
 from .output import print_dead_letters, print_status
 
 T = TypeVar("T")
@@ -157,7 +157,8 @@ def worker(
             envvar="CONVEYOR_METRICS_PORT",
             min=0,
             max=65535,
-            help="Serve the metrics of all worker processes (/metrics) and the probes (/healthz, /readyz, /drain) on this port.",
+            help="Serve the metrics of all worker processes (/metrics) and the probes "
+            "(/healthz, /readyz, /drain) on this port.",
         ),
     ] = None,
     metrics_host: Annotated[
@@ -173,9 +174,14 @@ def worker(
         ),
     ] = None,
     autoscale_target: Annotated[
-        float,
-        typer.Option("--autoscale-target", min=1, help="Backlog (tasks) per process to aim at."),
-    ] = 100.0,
+        float | None,
+        typer.Option(
+            "--autoscale-target",
+            min=1,
+            help="Backlog (tasks waiting or running) per process to aim at "
+            "(default: 80% of --concurrency).",
+        ),
+    ] = None,
     autoscale_interval: Annotated[
         float,
         typer.Option("--autoscale-interval", min=0.1, help="Seconds between decisions."),
@@ -211,8 +217,11 @@ def worker(
         if processes != 1:
             fail("use either --processes or --autoscale, not both")
         low, high = parse_range(autoscale)
+        # Below what a process holds in flight: a busy process with an empty queue must
+        # read as "enough", or the count cycles (docs/autoscaling.md)
+        target = autoscale_target or TARGET_SHARE * concurrency
         scaling = AutoscaleOptions(
-            low, high, autoscale_target, autoscale_interval, scale_up_window, scale_down_window
+            low, high, target, autoscale_interval, scale_up_window, scale_down_window
         )
     setup_logging(log_level, log_format)
     loaded = load_app(app)
@@ -526,9 +535,11 @@ def dlq_drop(
     _each_letter(ids, all_, "dropped", redis_url, namespace, partitions, lambda c, i: c.drop(i))
 
 
-# `conveyor exporter` and `conveyor top` (cli/observe.py): registered once the shared options
+# `conveyor exporter`, `conveyor top` (cli/observe.py) and `conveyor autoscale-sim`
+# (cli/scale.py): registered once the shared options
 # above exist, which that module imports from here
 observe.register(cli)
+scale.register(cli)
 
 
 def run() -> None:

@@ -31,12 +31,18 @@ from ..errors import ConfigurationError
 
 __all__ = [
     "DEFAULT_BEHAVIOR",
+    "TARGET_SHARE",
     "Autoscaler",
     "Behavior",
     "ScalingPolicy",
     "ScalingRules",
     "raw_recommendation",
 ]
+
+#: The default target per worker, as a share of the tasks it can run at once (its
+#: concurrency): the backlog counts running tasks too, so a target at or above what a busy
+#: worker holds reads a drained queue as too many workers, and the count cycles.
+TARGET_SHARE = 0.8
 
 #: The controller's tolerance: no change while metric/target is within 10% of the replicas.
 TOLERANCE = 0.1
@@ -177,14 +183,16 @@ class Autoscaler:
             return max(desired, self._down_limit(now, current))
         return desired
 
-    def _changed_within(self, now: float, period: float, sign: int) -> int:
-        return sum(d for at, d in self._events if at > now - period and d * sign > 0) * sign
+    def _start_of_period(self, now: float, current: int, period: float) -> int:
+        """The replicas when the policy's period began: the net of the changes since, both
+        directions, taken back (as the controller does since Kubernetes 1.27)."""
+        return current - sum(d for at, d in self._events if at > now - period)
 
     def _up_limit(self, now: float, current: int) -> int:
         rules = self.behavior.scale_up
         limits = []
         for policy in rules.policies:
-            start = current - self._changed_within(now, policy.period, 1)
+            start = self._start_of_period(now, current, policy.period)
             if policy.type == "Pods":
                 limits.append(start + policy.value)
             else:
@@ -195,7 +203,7 @@ class Autoscaler:
         rules = self.behavior.scale_down
         limits = []
         for policy in rules.policies:
-            start = current + self._changed_within(now, policy.period, -1)
+            start = self._start_of_period(now, current, policy.period)
             if policy.type == "Pods":
                 limits.append(start - policy.value)
             else:
