@@ -11,6 +11,7 @@ from conveyor.scaling.hpa import (
     Behavior,
     ScalingPolicy,
     ScalingRules,
+    default_target,
     raw_recommendation,
 )
 
@@ -114,3 +115,7 @@ def test_a_period_starts_from_the_net_of_both_directions() -> None:
     assert hpa.desired(0, 1, 1000) == 3
     assert hpa.desired(10, 3, 0) == 1
     assert hpa.desired(20, 1, 1000) == 3
+
+
+def test_default_target_is_eighty_percent_of_the_slots() -> None:
+    assert [default_target(n) for n in (1, 2, 5, 10, 64, 128)] == [1, 1, 4, 8, 51, 102]

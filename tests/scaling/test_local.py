@@ -102,6 +102,7 @@ def test_cli_refuses_bad_autoscale_options(redis7: EmbeddedRedis, namespace: str
 
 def test_health_board_reports_stalls_and_readiness() -> None:
     board = HealthBoard(3)
+    assert board.problems([], ready=False) == ["no worker process running"]
     board.starting(0)
     now = time.time()
     assert board.problems([0], ready=False) == []  # just started: alive

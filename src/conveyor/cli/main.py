@@ -16,7 +16,7 @@ from rich.markup import escape
 
 from ..client import AsyncClient
 from ..errors import ConveyorError, WorkflowFailedError
-from ..scaling.hpa import DEFAULT_BEHAVIOR, TARGET_SHARE
+from ..scaling.hpa import DEFAULT_BEHAVIOR, default_target
 from ..settings import Settings
 from ..storage.connection import UNAVAILABLE
 from . import observe, scale
@@ -217,9 +217,7 @@ def worker(
         if processes != 1:
             fail("use either --processes or --autoscale, not both")
         low, high = parse_range(autoscale)
-        # Below what a process holds in flight: a busy process with an empty queue must
-        # read as "enough", or the count cycles (docs/autoscaling.md)
-        target = autoscale_target or TARGET_SHARE * concurrency
+        target = autoscale_target or default_target(concurrency)
         scaling = AutoscaleOptions(
             low, high, target, autoscale_interval, scale_up_window, scale_down_window
         )

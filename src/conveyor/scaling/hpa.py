@@ -31,18 +31,13 @@ from ..errors import ConfigurationError
 
 __all__ = [
     "DEFAULT_BEHAVIOR",
-    "TARGET_SHARE",
     "Autoscaler",
     "Behavior",
     "ScalingPolicy",
     "ScalingRules",
+    "default_target",
     "raw_recommendation",
 ]
-
-#: The default target per worker, as a share of the tasks it can run at once (its
-#: concurrency): the backlog counts running tasks too, so a target at or above what a busy
-#: worker holds reads a drained queue as too many workers, and the count cycles.
-TARGET_SHARE = 0.8
 
 #: The controller's tolerance: no change while metric/target is within 10% of the replicas.
 TOLERANCE = 0.1
@@ -106,6 +101,15 @@ DEFAULT_BEHAVIOR = Behavior(
         policies=(ScalingPolicy("Percent", 50, 60),),
     ),
 )
+
+
+def default_target(slots: int) -> int:
+    """The backlog to aim at per worker that runs ``slots`` tasks at once: 80% of them.
+
+    The backlog counts running tasks too, so a target at or above what a busy worker holds
+    reads a drained queue as one worker too many, and the count cycles (docs/autoscaling.md
+    shows it). The Helm chart computes the same (``conveyor.workerTarget``)."""
+    return max(1, slots * 4 // 5)
 
 
 def raw_recommendation(metric: float, target: float, current: int) -> int:

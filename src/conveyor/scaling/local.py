@@ -36,7 +36,7 @@ class AutoscaleOptions:
 
     min: int
     max: int
-    target: float  # backlog per process (the CLI's default: TARGET_SHARE * concurrency)
+    target: float  # backlog per process (the CLI's default: hpa.default_target)
     interval: float = 15.0  # seconds between syncs (the HPA's sync period)
     up_window: float = DEFAULT_BEHAVIOR.scale_up.stabilization_window
     down_window: float = DEFAULT_BEHAVIOR.scale_down.stabilization_window

@@ -69,8 +69,9 @@ class HealthBoard:
         """Why the ``active`` slots are not alive (or, with ``ready``, not ready) at ``now``
         (default: now): empty when all are."""
         now = time.time() if now is None else now
-        found = []
-        for slot in active:
+        slots = list(active)
+        found = [] if slots else ["no worker process running"]
+        for slot in slots:
             tick = self._values[slot * _FIELDS + _TICK]
             beat = self._values[slot * _FIELDS + _BEAT]
             if now - tick > STALL_AFTER:

@@ -186,9 +186,9 @@ class Supervisor:
             args=(self.app_ref, self.options, self.log_level, self.board, slot),
             name=f"conveyor-worker-{slot}",
         )
-        proc.start()
-        self.children[slot] = proc
+        self.children[slot] = proc  # counted (as starting) by the probes from now on
         self.started[slot] = time.monotonic()
+        proc.start()
         self.delays.setdefault(slot, 1.0)
 
     def _stop(self, signum: int, frame: object) -> None:
