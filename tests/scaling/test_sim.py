@@ -1,0 +1,375 @@
+"""The autoscaling simulator: the model's properties, with the numbers worked out by hand,
+and `conveyor autoscale-sim` on a typer app built the way cli/main.py builds its own."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import math
+import struct
+import sys
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from conveyor.cli import scale
+from conveyor.errors import ConfigurationError
+from conveyor.scaling.hpa import raw_recommendation
+from conveyor.scaling.sim import (
+    CSV_COLUMNS,
+    SimConfig,
+    Sine,
+    Spike,
+    Steady,
+    behavior_with_windows,
+    plot,
+    simulate,
+    timeline,
+    write_csv,
+)
+
+# One worker starts 50 tasks/s of 1 s each: a busy worker holds 50 tasks.
+WORKER = {"worker_rate": 50.0, "service_time": 1.0}
+
+# 10/s, then 500/s from 60 s to 120 s: ten workers' worth, while one serves.
+SPIKE = SimConfig(
+    Spike(rate=10, peak=500, start=60, length=60),
+    **WORKER,
+    duration=1200,
+    min_replicas=1,
+    max_replicas=20,
+    target=100,
+)
+
+
+def increases(series: list[int]) -> list[int]:
+    return [t for t in range(1, len(series)) if series[t] > series[t - 1]]
+
+
+def decreases(series: list[int]) -> list[int]:
+    return [t for t in range(1, len(series)) if series[t] < series[t - 1]]
+
+
+# -- the model -------------------------------------------------------------------------------
+
+
+def test_steady_load_under_one_worker_stays_at_min_with_latency_of_one_run() -> None:
+    result = simulate(SimConfig(Steady(30), **WORKER, duration=600))
+    summary = result.summary
+    # 30 tasks/s all start in the second they arrive, and run 1 s: the backlog is the 30
+    # running, far below 3 workers x 100, so the HPA keeps the minimum
+    assert set(result.desired) == set(result.ready) == {3}
+    assert result.backlog == [30] * 600
+    assert summary.latency_p50 == summary.latency_p99 == summary.latency_max == 1.0
+    assert summary.scale_ups == summary.scale_downs == 0
+    assert summary.worker_seconds == 3 * 600
+    assert summary.arrived == 30 * 600
+    assert summary.completed == 30 * 599  # the last second's tasks are still running
+
+
+def test_fractional_rates_carry_over_to_whole_tasks() -> None:
+    result = simulate(SimConfig(Steady(0.5), worker_rate=0.25, service_time=0, duration=12))
+    assert result.arrived == [0, 1] * 6
+    # 3 workers x 0.25/s = 0.75 tasks a second, saved up only while a task waits: each task
+    # (seconds 1, 3, ..., 11) starts one second after it came, the last one not at all
+    assert result.completed == [0, 0] + [1, 0] * 5
+    assert (result.summary.completed, result.summary.left) == (5, 1)
+    assert result.summary.latency_p50 == result.summary.latency_max == 1.0
+
+
+@pytest.mark.parametrize("service_time", [0.25, 1.0, 2.5])
+def test_the_backlog_counts_the_running_tasks_also_for_short_runs(service_time: float) -> None:
+    result = simulate(
+        SimConfig(Steady(400), worker_rate=1000, service_time=service_time, duration=60)
+    )
+    # 400 start each second (3 workers could start 3,000) and each runs service_time: by
+    # Little's law 400 x service_time are running at any moment, and none waits
+    assert set(result.backlog[5:]) == {round(400 * service_time)}
+    assert result.summary.latency_max == service_time
+
+
+def test_a_target_above_what_busy_workers_hold_cycles_and_one_below_settles() -> None:
+    # 400/s of 1 s tasks: 8 workers of 50/s are needed, and hold 50 running tasks each
+    settles = simulate(SimConfig(Steady(400), **WORKER, duration=3600, target=40))
+    # at 10 workers the 400 running are 40 a worker, the target: nothing changes any more
+    assert set(settles.desired[-1800:]) == {10}
+    assert set(settles.backlog[-1800:]) == {400}
+    cycles = simulate(SimConfig(Steady(400), **WORKER, duration=3600, target=100))
+    # with enough workers the backlog is the 400 running, which asks for 4 (min 3): after
+    # the window the HPA removes workers until the queue grows again, then adds them back
+    first_down = decreases(cycles.desired)[0]
+    assert [t for t in increases(cycles.desired) if t > first_down]
+    assert cycles.summary.scale_downs >= 4
+    assert cycles.summary.worker_seconds > settles.summary.worker_seconds
+
+
+def test_a_spike_scales_up_by_the_rate_policies_once_the_metric_shows_it() -> None:
+    result = simulate(SPIKE)
+    # the spike starts in second 60: the backlog at instant 61 is the first to show it; the
+    # HPA reads 30 s old values every 15 s, so it sees it at the sync of 105 (91 is not one).
+    # 1 -> 5 (+4 beats +100%), then doubling every 15 s, up to max 20
+    assert increases(result.desired) == [105, 120, 135]
+    assert [result.desired[t] for t in (104, 105, 120, 135)] == [1, 5, 10, 20]
+    # each worker serves 20 s after it was asked for
+    assert increases(result.ready) == [125, 140, 155]
+    assert [result.ready[t] for t in (124, 125, 140, 155)] == [1, 5, 10, 20]
+    # one worker alone through the spike: 450 more waiting each second for 60 s, plus the
+    # 50 running at its end
+    assert result.summary.peak_backlog == 60 * 450 + 50
+    assert result.backlog.index(60 * 450 + 50) == 119
+    # drained back to the 10 tasks/s of 1 s running, at 1 worker in the end
+    assert result.backlog[-1] == 10 and result.desired[-1] == 1
+
+
+def test_after_a_spike_the_scale_down_waits_for_the_window_then_halves_at_most() -> None:
+    result = simulate(SPIKE)
+    syncs = [t for t in result.t if result.metric[t] is not None]
+    # the last sync whose reading alone asked for all 20 workers
+    last_high = max(
+        t
+        for t in syncs
+        if raw_recommendation(result.metric[t] or 0, 100, result.desired[t - 1]) >= 20
+    )
+    first_down = decreases(result.desired)[0]
+    # the scale-down window remembers that reading for 300 s, and no longer
+    assert first_down == last_high + 300
+    assert set(result.desired[135:first_down]) == {20}
+    # the policy: at most half of the replicas of a minute ago are removed
+    for t in range(60, len(result.desired)):
+        assert result.desired[t] >= result.desired[t - 60] // 2
+    assert result.summary.scale_downs == len(decreases(result.desired)) >= 4  # 20 to 1
+
+
+@pytest.mark.parametrize(
+    ("sync_period", "metric_delay", "first_sync_seeing_it"),
+    [(15, 30, 105), (15, 0, 75), (30, 30, 120), (10, 5, 70), (1, 0, 61)],
+)
+def test_the_first_scale_up_waits_for_the_metric_delay_and_the_next_sync(
+    sync_period: int, metric_delay: int, first_sync_seeing_it: int
+) -> None:
+    config = SimConfig(
+        SPIKE.profile,
+        **WORKER,
+        duration=300,
+        min_replicas=1,
+        max_replicas=20,
+        sync_period=sync_period,
+        metric_delay=metric_delay,
+        startup=7,
+    )
+    result = simulate(config)
+    # the first sync at or after 61 + delay (the backlog at instant 61 is the spike's first)
+    assert increases(result.desired)[0] == first_sync_seeing_it
+    assert increases(result.ready)[0] == first_sync_seeing_it + 7
+
+
+def test_workers_become_ready_exactly_startup_after_they_are_asked_for() -> None:
+    config = SimConfig(Sine(50, 900, 600), **WORKER, duration=1800, startup=45)
+    result = simulate(config)
+    for t in increases(result.ready):
+        assert result.desired[t - 45] > result.desired[t - 46]
+    for t in result.t:
+        assert result.ready[t] <= result.desired[t]
+
+
+@pytest.mark.parametrize(
+    "profile", [Steady(400), Spike(100, 1000, 300, 300), Sine(100, 1000, 1200), Steady(0.3)]
+)
+def test_every_task_is_accounted_for_at_every_second(profile: Steady | Spike | Sine) -> None:
+    result = simulate(SimConfig(profile, worker_rate=37.5, service_time=2.6))
+    arrived = completed = 0
+    for t in result.t:
+        arrived += result.arrived[t]
+        completed += result.completed[t]
+        assert arrived == completed + result.backlog[t]
+        assert sum(result.waits[t].values()) == result.completed[t]
+    summary = result.summary
+    assert summary.arrived == summary.completed + summary.left
+    assert summary.left == result.backlog[-1]
+
+
+def test_the_replicas_stay_within_the_bounds() -> None:
+    result = simulate(
+        SimConfig(Steady(5000), **WORKER, duration=900, min_replicas=2, max_replicas=7)
+    )
+    assert max(result.desired) == result.summary.max_replicas == 7
+    assert min(result.desired) >= 2 and max(result.ready) == 7
+    # 7 workers serve 350 of the 5,000 tasks/s: the backlog never stops growing
+    assert all(b < a for b, a in zip(result.backlog, result.backlog[1:], strict=False))
+
+
+def test_a_longer_scale_down_window_keeps_at_least_as_many_workers() -> None:
+    runs = [
+        simulate(SimConfig(**{**vars(SPIKE), "behavior": behavior_with_windows(0, window)}))
+        for window in (120, 300, 600)
+    ]
+    # the spike has drained (in what the HPA reads) before the first scale-down of the
+    # shortest window, so every run reads the same backlog at every sync ...
+    assert runs[0].metric == runs[1].metric == runs[2].metric
+    # ... and then a window that remembers more high readings never asks for fewer workers
+    for shorter, longer in itertools.pairwise(runs):
+        assert all(s <= g for s, g in zip(shorter.desired, longer.desired, strict=True))
+        assert shorter.summary.worker_seconds < longer.summary.worker_seconds
+        assert decreases(shorter.desired)[0] < decreases(longer.desired)[0]
+
+
+def test_a_sine_goes_from_base_to_peak_and_back_each_period() -> None:
+    profile = Sine(100, 700, 600)
+    assert profile.rate_at(0) == 100
+    assert profile.rate_at(300) == pytest.approx(700)
+    assert profile.rate_at(600) == pytest.approx(100)
+    result = simulate(SimConfig(profile, **WORKER, duration=1200))
+    # the cosine sums to 0 over whole periods: the mean rate is the midpoint
+    assert abs(result.summary.arrived - 1200 * 400) <= 1
+
+
+def test_the_same_config_gives_the_same_run() -> None:
+    config = SimConfig(Sine(100, 1000, 900), **WORKER)
+    first, second = simulate(config), simulate(config)
+    assert first.summary == second.summary
+    assert first.desired == second.desired and first.backlog == second.backlog
+
+
+def test_timeline_rows_cover_the_run() -> None:
+    result = simulate(SPIKE)
+    rows = timeline(result, 60)
+    assert len(rows) == 20 and rows[-1].end == 1200
+    spike = rows[1]  # seconds 60-119: all at 500/s, one worker
+    assert spike.rate == 500 and spike.backlog == 60 * 450 + 50
+    assert (spike.desired, spike.ready) == (5, 1)  # asked for at 105, ready at 125
+    assert rows[0].p50 == rows[0].p99 == 1.0
+    assert sum(r.rate * (r.end - r.start) for r in rows) == result.summary.arrived
+    assert len(timeline(result, 7)) == math.ceil(1200 / 7)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: Steady(-1), "rate of 0 tasks/s or more"),
+        (lambda: Spike(10, -5, 0, 10), "peak must be a rate"),
+        (lambda: Spike(10, 50, -1, 10), "cannot be negative"),
+        (lambda: Sine(10, 50, 0), "period"),
+        (lambda: SimConfig(Steady(1), worker_rate=0), "worker rate"),
+        (lambda: SimConfig(Steady(1), service_time=-1), "service time"),
+        (lambda: SimConfig(Steady(1), duration=0), "duration"),
+        (lambda: SimConfig(Steady(1), sync_period=0), "sync period"),
+        (lambda: SimConfig(Steady(1), startup=-1), "cannot be negative"),
+        (lambda: simulate(SimConfig(Steady(1), min_replicas=5, max_replicas=2)), "min <= max"),
+        (lambda: behavior_with_windows(0, -1), "cannot be negative"),
+    ],
+)
+def test_wrong_settings_are_refused(make: object, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        make()  # type: ignore[operator]
+
+
+# -- files -----------------------------------------------------------------------------------
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+def test_plot_writes_a_real_png(tmp_path: Path) -> None:
+    path = tmp_path / "spike.png"
+    plot(simulate(SPIKE), path)
+    assert png_size(path) == (1000, 850)  # 10 x 8.5 inches at 100 dpi
+    assert 20_000 < path.stat().st_size < 1_000_000
+
+
+def test_plot_without_matplotlib_names_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a None entry in sys.modules makes the import fail, as if matplotlib were not installed
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(ConfigurationError, match=r"pip install 'conveyor\[plot\]'"):
+        plot(simulate(SimConfig(Steady(1), duration=10)), tmp_path / "x.png")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_csv_has_one_row_per_second(tmp_path: Path) -> None:
+    result = simulate(SPIKE)
+    path = tmp_path / "run.csv"
+    write_csv(result, path)
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0]) == CSV_COLUMNS and len(rows) == 1200
+    assert [int(r["desired"]) for r in rows] == result.desired
+    assert [int(r["backlog"]) for r in rows] == result.backlog
+    assert rows[105]["metric"] == str(result.backlog[74]) and rows[106]["metric"] == ""
+    assert rows[0]["p99"] == "" and rows[1]["p99"] == "1"
+
+
+# -- the command -----------------------------------------------------------------------------
+
+
+def make_cli() -> typer.Typer:
+    cli = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+    @cli.callback()
+    def main() -> None:  # a group, so the command is called by its name as in `conveyor`
+        pass
+
+    scale.register(cli)
+    return cli
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(make_cli(), ["autoscale-sim", *args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_cli_prints_the_summary_and_a_timeline() -> None:
+    code, stdout, _ = run("--profile", "spike", "--rate", "10", "--peak", "500", "--spike-at", "60",
+                          "--spike-for", "60", "--duration", "1200", "--min", "1", "--max", "20")  # fmt: skip
+    assert code == 0, stdout
+    assert "spike 10/s, 500/s from 1:00 for 60 s" in stdout
+    assert "peak backlog" in stdout and "27,050" in stdout
+    assert "scale-ups / scale-downs" in stdout
+    timeline_rows = [line for line in stdout.splitlines() if line.startswith("│ ") and ":" in line]
+    assert len(timeline_rows) == 20  # one a minute
+    assert timeline_rows[1].split("│")[2].strip() == "500"
+
+
+def test_cli_json_is_the_summary(tmp_path: Path) -> None:
+    png, table = tmp_path / "run.png", tmp_path / "run.csv"
+    code, stdout, _ = run("--profile", "sine", "--rate", "100", "--peak", "900", "--json",
+                          "--png", str(png), "--csv", str(table))  # fmt: skip
+    assert code == 0, stdout
+    report = json.loads(stdout)
+    expected = simulate(SimConfig(Sine(100, 900, 1200)))
+    assert report["summary"] == expected.summary.as_dict()
+    assert report["parameters"]["profile"] == "sine" and report["parameters"]["target"] == 100
+    assert png_size(png) == (1000, 850)
+    assert len(table.read_text().splitlines()) == 1801
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--min", "5", "--max", "2"], "1 <= min <= max"),
+        (["--rate", "-5"], "rate of 0 tasks/s or more"),
+        (["--profile", "square"], "unknown profile 'square'"),
+        (["--worker-rate", "0"], "worker rate"),
+        (["--scale-down-window", "-1"], "cannot be negative"),
+        (["--every", "0"], "--every"),
+        (["--png", "/nonexistent/dir/x.png"], "cannot write /nonexistent/dir/x.png"),
+        (["--csv", "/nonexistent/dir/x.csv"], "cannot write /nonexistent/dir/x.csv"),
+    ],
+)
+def test_cli_bad_input_is_one_readable_line(args: list[str], message: str) -> None:
+    code, stdout, stderr = run("--duration", "60", *args)
+    assert code != 0
+    assert "Traceback" not in stdout + stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), stderr
+    assert message in lines[0]
+    assert stdout == ""
