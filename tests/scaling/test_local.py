@@ -27,6 +27,7 @@ from conveyor.settings import Settings
 from conveyor.storage.snapshot import queue_snapshot
 from conveyor.worker.health import STALL_AFTER, HealthBoard
 from tests.apps import slow
+from tests.chaos.test_failures import wait_for
 from tests.cli.test_cli import assert_one_line_error, conveyor
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -118,15 +119,6 @@ def test_health_board_reports_stalls_and_readiness() -> None:
     ]
     board.draining = True
     assert board.problems([0], ready=True) == ["draining"]
-
-
-async def wait_for(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await predicate():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.timeout(180)

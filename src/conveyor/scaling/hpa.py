@@ -182,35 +182,28 @@ class Autoscaler:
         while self._events and self._events[0][0] <= now - longest:
             self._events.popleft()
         if desired > current:
-            return min(desired, self._up_limit(now, current))
+            return min(desired, self._limit(now, current, up=True))
         if desired < current:
-            return max(desired, self._down_limit(now, current))
+            return max(desired, self._limit(now, current, up=False))
         return desired
 
     def _start_of_period(self, now: float, current: int, period: float) -> int:
         """The replicas when the policy's period began: the net of the changes since, both
-        directions, taken back (as the controller does since Kubernetes 1.27)."""
+        directions, taken back (as the controller does)."""
         return current - sum(d for at, d in self._events if at > now - period)
 
-    def _up_limit(self, now: float, current: int) -> int:
-        rules = self.behavior.scale_up
+    def _limit(self, now: float, current: int, *, up: bool) -> int:
+        """The most (``up``) or fewest replicas the direction's policies allow now."""
+        rules = self.behavior.scale_up if up else self.behavior.scale_down
         limits = []
         for policy in rules.policies:
             start = self._start_of_period(now, current, policy.period)
             if policy.type == "Pods":
-                limits.append(start + policy.value)
-            else:
+                limits.append(start + policy.value if up else start - policy.value)
+            elif up:
                 limits.append(math.ceil(start * (1 + policy.value / 100)))
-        return max(limits) if rules.select == "Max" else min(limits)
-
-    def _down_limit(self, now: float, current: int) -> int:
-        rules = self.behavior.scale_down
-        limits = []
-        for policy in rules.policies:
-            start = self._start_of_period(now, current, policy.period)
-            if policy.type == "Pods":
-                limits.append(start - policy.value)
             else:
                 limits.append(int(start * (1 - policy.value / 100)))
-        # "Max" is the policy that allows the larger change: the lower replica count
-        return min(limits) if rules.select == "Max" else max(limits)
+        # "Max" selects the policy that allows the larger change, "Min" the smaller
+        larger, smaller = (max, min) if up else (min, max)
+        return larger(limits) if rules.select == "Max" else smaller(limits)
