@@ -119,3 +119,17 @@ def test_a_period_starts_from_the_net_of_both_directions() -> None:
 
 def test_default_target_is_eighty_percent_of_the_slots() -> None:
     assert [default_target(n) for n in (1, 2, 5, 10, 64, 128)] == [1, 1, 4, 8, 51, 102]
+
+
+def test_a_limit_never_turns_the_direction_around() -> None:
+    """Up 1 -> 4, down 4 -> 1; a minute later the scale-up has aged out of the period but
+    the scale-down has not: the period "began" at 4, whose half (2) is above the current 1.
+    With nothing queued the count must stay at 1, not rise to 2."""
+    behavior = Behavior(
+        scale_up=DEFAULT_BEHAVIOR.scale_up,
+        scale_down=ScalingRules(10, (ScalingPolicy("Percent", 50, 60),)),
+    )
+    hpa = Autoscaler(1, 4, 3, behavior)
+    assert hpa.desired(0, 1, 100) == 4
+    assert hpa.desired(14, 4, 0) == 1
+    assert hpa.desired(61, 1, 0) == 1

@@ -181,10 +181,12 @@ class Autoscaler:
         )
         while self._events and self._events[0][0] <= now - longest:
             self._events.popleft()
+        # a limit never turns the direction around: a period that began above (below) the
+        # current count allows no scale-up (scale-down) until its changes age out
         if desired > current:
-            return min(desired, self._limit(now, current, up=True))
+            return min(desired, max(current, self._limit(now, current, up=True)))
         if desired < current:
-            return max(desired, self._limit(now, current, up=False))
+            return max(desired, min(current, self._limit(now, current, up=False)))
         return desired
 
     def _start_of_period(self, now: float, current: int, period: float) -> int:
