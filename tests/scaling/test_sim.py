@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from conveyor.cli import scale
 from conveyor.errors import ConfigurationError
-from conveyor.scaling.hpa import raw_recommendation
+from conveyor.scaling.hpa import default_target, raw_recommendation
 from conveyor.scaling.sim import (
     CSV_COLUMNS,
     SimConfig,
@@ -25,24 +25,23 @@ from conveyor.scaling.sim import (
     Spike,
     Steady,
     behavior_with_windows,
+    describe,
     plot,
     simulate,
     timeline,
     write_csv,
 )
 
-# One worker starts 50 tasks/s of 1 s each: a busy worker holds 50 tasks.
-WORKER = {"worker_rate": 50.0, "service_time": 1.0}
+# The defaults model the Helm chart's default worker pod: 64 tasks/s of 1 s each, so a busy
+# worker holds 64 tasks (its 64 slots), and the HPA aims at default_target(64) = 51 a worker.
+SLOTS, TARGET = 64, 51
 
-# 10/s, then 500/s from 60 s to 120 s: ten workers' worth, while one serves.
+# 10/s, then 500/s from 60 s to 120 s: eight workers' worth, while one serves.
 SPIKE = SimConfig(
-    Spike(rate=10, peak=500, start=60, length=60),
-    **WORKER,
-    duration=1200,
-    min_replicas=1,
-    max_replicas=20,
-    target=100,
+    Spike(rate=10, peak=500, start=60, length=60), duration=1200, min_replicas=1, max_replicas=20
 )
+# one worker through the spike: 500 - 64 more waiting each second for 60 s, plus 64 running
+SPIKE_PEAK = 60 * (500 - SLOTS) + SLOTS
 
 
 def increases(series: list[int]) -> list[int]:
@@ -56,11 +55,48 @@ def decreases(series: list[int]) -> list[int]:
 # -- the model -------------------------------------------------------------------------------
 
 
+def test_the_defaults_are_the_charts_default_pod_and_target() -> None:
+    config = SimConfig(Steady(1))
+    assert (config.worker_rate, config.service_time, config.target) == (64, 1, None)
+    assert (config.min_replicas, config.max_replicas, config.sync_period) == (3, 30, 15)
+    assert config.slots == SLOTS
+    assert config.effective_target == default_target(SLOTS) == TARGET
+    assert config.parameters()["target"] == TARGET
+
+
+@pytest.mark.parametrize(
+    ("worker_rate", "service_time", "slots"),
+    [(64, 1, 64), (20, 2.5, 50), (30, 0.5, 15), (100, 0.1, 10), (4, 0.2, 1), (5, 0, 0)],
+)
+def test_the_default_target_is_default_target_of_the_slots(
+    worker_rate: float, service_time: float, slots: int
+) -> None:
+    config = SimConfig(Steady(1), worker_rate=worker_rate, service_time=service_time)
+    # a busy worker holds worker_rate x service_time tasks: those are its slots
+    assert config.slots == slots
+    assert config.effective_target == default_target(slots) == max(1, slots * 4 // 5)
+    assert f"target {default_target(slots)} (default for {slots} slots)," in describe(config)
+    chosen = SimConfig(Steady(1), worker_rate=worker_rate, service_time=service_time, target=100)
+    assert chosen.effective_target == chosen.parameters()["target"] == 100
+    assert "target 100," in describe(chosen)
+
+
+def test_the_run_scales_on_the_effective_target() -> None:
+    # 600 tasks/s of 1 s are 600 running: ceil(600 / 51) = 12 workers by default, 6 at 100
+    runs = {
+        target: simulate(SimConfig(Steady(600), min_replicas=1, duration=1200, target=target))
+        for target in (None, TARGET, 100)
+    }
+    assert runs[None].desired == runs[TARGET].desired
+    assert runs[None].desired[-1] == 12
+    assert runs[100].desired != runs[None].desired
+
+
 def test_steady_load_under_one_worker_stays_at_min_with_latency_of_one_run() -> None:
-    result = simulate(SimConfig(Steady(30), **WORKER, duration=600))
+    result = simulate(SimConfig(Steady(30), duration=600))
     summary = result.summary
     # 30 tasks/s all start in the second they arrive, and run 1 s: the backlog is the 30
-    # running, far below 3 workers x 100, so the HPA keeps the minimum
+    # running, below 3 workers x 51, so the HPA keeps the minimum
     assert set(result.desired) == set(result.ready) == {3}
     assert result.backlog == [30] * 600
     assert summary.latency_p50 == summary.latency_p99 == summary.latency_max == 1.0
@@ -86,20 +122,23 @@ def test_the_backlog_counts_the_running_tasks_also_for_short_runs(service_time: 
         SimConfig(Steady(400), worker_rate=1000, service_time=service_time, duration=60)
     )
     # 400 start each second (3 workers could start 3,000) and each runs service_time: by
-    # Little's law 400 x service_time are running at any moment, and none waits
+    # Little's law 400 x service_time are running at any moment, and none waits (the default
+    # target, 80% of 1,000 x service_time a worker, keeps 3)
     assert set(result.backlog[5:]) == {round(400 * service_time)}
     assert result.summary.latency_max == service_time
 
 
-def test_a_target_above_what_busy_workers_hold_cycles_and_one_below_settles() -> None:
-    # 400/s of 1 s tasks: 8 workers of 50/s are needed, and hold 50 running tasks each
-    settles = simulate(SimConfig(Steady(400), **WORKER, duration=3600, target=40))
-    # at 10 workers the 400 running are 40 a worker, the target: nothing changes any more
-    assert set(settles.desired[-1800:]) == {10}
+def test_a_target_above_what_busy_workers_hold_cycles_and_the_default_settles() -> None:
+    # 400/s of 1 s tasks: 7 workers of 64/s are needed (6.25), and hold 64 running tasks each
+    settles = simulate(SimConfig(Steady(400), duration=3600))
+    # with enough workers the backlog is the 400 running, which asks for ceil(400 / 51) = 8;
+    # at 8 the ratio 400 / (8 x 51) is within the 10% tolerance, and 8 x 64 = 512/s keep up
+    # with the load, so the backlog stays the 400 running and nothing changes any more
+    assert set(settles.desired[-1800:]) == {8}
     assert set(settles.backlog[-1800:]) == {400}
-    cycles = simulate(SimConfig(Steady(400), **WORKER, duration=3600, target=100))
-    # with enough workers the backlog is the 400 running, which asks for 4 (min 3): after
-    # the window the HPA removes workers until the queue grows again, then adds them back
+    cycles = simulate(SimConfig(Steady(400), duration=3600, target=100))
+    # the same 400 running ask for 4 at target 100 (min 3), which serve 256/s: after the
+    # window the HPA removes workers until the queue grows again, then adds them back
     first_down = decreases(cycles.desired)[0]
     assert [t for t in increases(cycles.desired) if t > first_down]
     assert cycles.summary.scale_downs >= 4
@@ -109,17 +148,18 @@ def test_a_target_above_what_busy_workers_hold_cycles_and_one_below_settles() ->
 def test_a_spike_scales_up_by_the_rate_policies_once_the_metric_shows_it() -> None:
     result = simulate(SPIKE)
     # the spike starts in second 60: the backlog at instant 61 is the first to show it; the
-    # HPA reads 30 s old values every 15 s, so it sees it at the sync of 105 (91 is not one).
+    # HPA reads 30 s old values every 15 s, so it sees it at the sync of 105 (91 is not one),
+    # reading 15 s of spike: 15 x 436 + 64 = 6,604 tasks, which ask for 130 workers.
     # 1 -> 5 (+4 beats +100%), then doubling every 15 s, up to max 20
     assert increases(result.desired) == [105, 120, 135]
     assert [result.desired[t] for t in (104, 105, 120, 135)] == [1, 5, 10, 20]
     # each worker serves 20 s after it was asked for
     assert increases(result.ready) == [125, 140, 155]
     assert [result.ready[t] for t in (124, 125, 140, 155)] == [1, 5, 10, 20]
-    # one worker alone through the spike: 450 more waiting each second for 60 s, plus the
-    # 50 running at its end
-    assert result.summary.peak_backlog == 60 * 450 + 50
-    assert result.backlog.index(60 * 450 + 50) == 119
+    # one worker alone through the spike: 436 more waiting each second for 60 s, plus the
+    # 64 running at its end
+    assert result.summary.peak_backlog == SPIKE_PEAK == 26_224
+    assert result.backlog.index(SPIKE_PEAK) == 119
     # drained back to the 10 tasks/s of 1 s running, at 1 worker in the end
     assert result.backlog[-1] == 10 and result.desired[-1] == 1
 
@@ -131,7 +171,7 @@ def test_after_a_spike_the_scale_down_waits_for_the_window_then_halves_at_most()
     last_high = max(
         t
         for t in syncs
-        if raw_recommendation(result.metric[t] or 0, 100, result.desired[t - 1]) >= 20
+        if raw_recommendation(result.metric[t] or 0, TARGET, result.desired[t - 1]) >= 20
     )
     first_down = decreases(result.desired)[0]
     # the scale-down window remembers that reading for 300 s, and no longer
@@ -152,7 +192,6 @@ def test_the_first_scale_up_waits_for_the_metric_delay_and_the_next_sync(
 ) -> None:
     config = SimConfig(
         SPIKE.profile,
-        **WORKER,
         duration=300,
         min_replicas=1,
         max_replicas=20,
@@ -167,7 +206,7 @@ def test_the_first_scale_up_waits_for_the_metric_delay_and_the_next_sync(
 
 
 def test_workers_become_ready_exactly_startup_after_they_are_asked_for() -> None:
-    config = SimConfig(Sine(50, 900, 600), **WORKER, duration=1800, startup=45)
+    config = SimConfig(Sine(50, 900, 600), duration=1800, startup=45)
     result = simulate(config)
     for t in increases(result.ready):
         assert result.desired[t - 45] > result.desired[t - 46]
@@ -192,12 +231,10 @@ def test_every_task_is_accounted_for_at_every_second(profile: Steady | Spike | S
 
 
 def test_the_replicas_stay_within_the_bounds() -> None:
-    result = simulate(
-        SimConfig(Steady(5000), **WORKER, duration=900, min_replicas=2, max_replicas=7)
-    )
+    result = simulate(SimConfig(Steady(5000), duration=900, min_replicas=2, max_replicas=7))
     assert max(result.desired) == result.summary.max_replicas == 7
     assert min(result.desired) >= 2 and max(result.ready) == 7
-    # 7 workers serve 350 of the 5,000 tasks/s: the backlog never stops growing
+    # 7 workers serve 448 of the 5,000 tasks/s: the backlog never stops growing
     assert all(b < a for b, a in zip(result.backlog, result.backlog[1:], strict=False))
 
 
@@ -221,13 +258,13 @@ def test_a_sine_goes_from_base_to_peak_and_back_each_period() -> None:
     assert profile.rate_at(0) == 100
     assert profile.rate_at(300) == pytest.approx(700)
     assert profile.rate_at(600) == pytest.approx(100)
-    result = simulate(SimConfig(profile, **WORKER, duration=1200))
+    result = simulate(SimConfig(profile, duration=1200))
     # the cosine sums to 0 over whole periods: the mean rate is the midpoint
     assert abs(result.summary.arrived - 1200 * 400) <= 1
 
 
 def test_the_same_config_gives_the_same_run() -> None:
-    config = SimConfig(Sine(100, 1000, 900), **WORKER)
+    config = SimConfig(Sine(100, 1000, 900))
     first, second = simulate(config), simulate(config)
     assert first.summary == second.summary
     assert first.desired == second.desired and first.backlog == second.backlog
@@ -238,7 +275,7 @@ def test_timeline_rows_cover_the_run() -> None:
     rows = timeline(result, 60)
     assert len(rows) == 20 and rows[-1].end == 1200
     spike = rows[1]  # seconds 60-119: all at 500/s, one worker
-    assert spike.rate == 500 and spike.backlog == 60 * 450 + 50
+    assert spike.rate == 500 and spike.backlog == SPIKE_PEAK
     assert (spike.desired, spike.ready) == (5, 1)  # asked for at 105, ready at 125
     assert rows[0].p50 == rows[0].p99 == 1.0
     assert sum(r.rate * (r.end - r.start) for r in rows) == result.summary.arrived
@@ -257,6 +294,8 @@ def test_timeline_rows_cover_the_run() -> None:
         (lambda: SimConfig(Steady(1), duration=0), "duration"),
         (lambda: SimConfig(Steady(1), sync_period=0), "sync period"),
         (lambda: SimConfig(Steady(1), startup=-1), "cannot be negative"),
+        (lambda: SimConfig(Steady(1), target=0), "target must be above 0"),
+        (lambda: SimConfig(Steady(1), target=math.nan), "target must be above 0"),
         (lambda: simulate(SimConfig(Steady(1), min_replicas=5, max_replicas=2)), "min <= max"),
         (lambda: behavior_with_windows(0, -1), "cannot be negative"),
     ],
@@ -332,7 +371,9 @@ def test_cli_prints_the_summary_and_a_timeline() -> None:
                           "--spike-for", "60", "--duration", "1200", "--min", "1", "--max", "20")  # fmt: skip
     assert code == 0, stdout
     assert "spike 10/s, 500/s from 1:00 for 60 s" in stdout
-    assert "peak backlog" in stdout and "27,050" in stdout
+    assert "worker 64 tasks/s of 1 s;" in stdout
+    assert "target 51 (default for 64 slots)," in stdout
+    assert "peak backlog" in stdout and "26,224" in stdout
     assert "scale-ups / scale-downs" in stdout
     timeline_rows = [line for line in stdout.splitlines() if line.startswith("│ ") and ":" in line]
     assert len(timeline_rows) == 20  # one a minute
@@ -347,15 +388,33 @@ def test_cli_json_is_the_summary(tmp_path: Path) -> None:
     report = json.loads(stdout)
     expected = simulate(SimConfig(Sine(100, 900, 1200)))
     assert report["summary"] == expected.summary.as_dict()
-    assert report["parameters"]["profile"] == "sine" and report["parameters"]["target"] == 100
+    assert report["parameters"]["profile"] == "sine" and report["parameters"]["target"] == TARGET
+    assert report["parameters"]["worker_rate"] == 64
     assert png_size(png) == (1000, 850)
     assert len(table.read_text().splitlines()) == 1801
+
+
+def test_cli_target_and_worker_options_reach_the_run() -> None:
+    args = ["--rate", "400", "--json"]
+    code, stdout, _ = run(*args, "--target", "100")
+    assert code == 0, stdout
+    report = json.loads(stdout)
+    assert report["parameters"]["target"] == 100
+    assert report["summary"] == simulate(SimConfig(Steady(400), target=100)).summary.as_dict()
+    # 40/s of 2.5 s: 100 slots, so the default target is 80
+    code, stdout, _ = run(*args, "--worker-rate", "40", "--service-time", "2.5")
+    assert code == 0, stdout
+    report = json.loads(stdout)
+    assert report["parameters"]["target"] == default_target(100) == 80
+    expected = simulate(SimConfig(Steady(400), worker_rate=40, service_time=2.5))
+    assert report["summary"] == expected.summary.as_dict()
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--min", "5", "--max", "2"], "1 <= min <= max"),
+        (["--target", "0"], "target must be above 0"),
         (["--rate", "-5"], "rate of 0 tasks/s or more"),
         (["--profile", "square"], "unknown profile 'square'"),
         (["--worker-rate", "0"], "worker rate"),

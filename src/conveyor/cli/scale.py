@@ -106,25 +106,34 @@ def register(cli: typer.Typer) -> None:
             float,
             typer.Option(
                 "--worker-rate",
-                help="Tasks/s one busy worker (pod) completes. Measure it: conveyor top's "
-                "completed steps/s divided by its workers while the queue has a backlog, "
-                "or a bench run. The default is only an example.",
+                help="Tasks/s one busy worker (pod) completes. Worker-rate x service-time is "
+                "the tasks a busy worker holds: its slots (processes x concurrency for I/O-bound "
+                "steps). The default, 64/s of 1 s, models the Helm chart's default pod: 64 slots "
+                "of 1-second I/O-bound steps. Measure yours: conveyor top's completed steps/s "
+                "divided by its workers while the queue has a backlog.",
             ),
-        ] = 50.0,
+        ] = 64.0,
         service_time: Annotated[
             float,
             typer.Option(
                 "--service-time",
                 help="Seconds one task runs (conveyor top's step p50). A busy worker holds "
-                "worker-rate x service-time tasks, which count in the backlog.",
+                "worker-rate x service-time tasks (its slots), which count in the backlog.",
             ),
         ] = 1.0,
         min_replicas: Annotated[int, typer.Option("--min", help="Fewest workers.")] = 3,
         max_replicas: Annotated[int, typer.Option("--max", help="Most workers.")] = 30,
         target: Annotated[
-            float,
-            typer.Option("--target", help="Backlog per worker the HPA aims at (AverageValue)."),
-        ] = 100.0,
+            float | None,
+            typer.Option(
+                "--target",
+                help="Backlog (tasks waiting or running) per worker the HPA aims at "
+                "(AverageValue). Default: conveyor.scaling.hpa.default_target of the slots, "
+                "80% of round(worker-rate x service-time) (51 for the defaults), as the Helm "
+                "chart and conveyor worker --autoscale use.",
+                show_default=False,
+            ),
+        ] = None,
         sync_period: Annotated[
             int, typer.Option("--sync-period", help="Seconds between the HPA's syncs.")
         ] = 15,

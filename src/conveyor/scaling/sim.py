@@ -10,16 +10,19 @@ code as ``conveyor worker --autoscale``; everything around it is a model, second
   one task every other second). Tasks arriving in the same second form one FIFO cohort.
 - **Workers.** Each ready worker starts ``worker_rate`` tasks/s, oldest first (a fraction
   carries over while tasks are waiting; idle capacity is not saved up). A task runs
-  ``service_time`` seconds. A task's latency is its wait in whole seconds plus
-  ``service_time`` (1 s resolution).
+  ``service_time`` seconds, so a busy worker holds ``worker_rate * service_time`` tasks: its
+  slots. A task's latency is its wait in whole seconds plus ``service_time`` (1 s
+  resolution).
 - **Backlog** = tasks waiting + tasks running (the stream's lag + pending, which is what
   ``conveyor_queue_backlog`` counts), sampled at the end of each second. The starts of a
   second are spread over it, so a busy worker adds ``worker_rate * service_time`` running
   tasks to the backlog on average, also when a task runs for less than a second.
-- **The HPA.** Every ``sync_period`` seconds, from t = 0, it reads the backlog as it was
-  ``metric_delay`` seconds earlier (the age of the last scrape: up to Prometheus' scrape
-  interval), with ``current`` = the replicas it last asked for, ready or not (Kubernetes
-  counts the pods that exist, not the ready ones).
+- **The HPA.** It aims at ``target`` tasks of backlog per worker, by default
+  :func:`.hpa.default_target` of the slots (80%, as the Helm chart and
+  ``conveyor worker --autoscale`` do). Every ``sync_period`` seconds, from t = 0, it reads
+  the backlog as it was ``metric_delay`` seconds earlier (the age of the last scrape: up to
+  Prometheus' scrape interval), with ``current`` = the replicas it last asked for, ready or
+  not (Kubernetes counts the pods that exist, not the ready ones).
 - **Pods.** A requested worker is ready ``startup`` seconds after the request (scheduling,
   image pull, process start). A scale-down first cancels workers that are not ready yet,
   newest first (a ReplicaSet deletes unready pods first), then stops ready ones: they take no
@@ -40,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigurationError
-from .hpa import DEFAULT_BEHAVIOR, Autoscaler, Behavior
+from .hpa import DEFAULT_BEHAVIOR, Autoscaler, Behavior, default_target
 
 __all__ = [
     "CSV_COLUMNS",
@@ -166,17 +169,19 @@ def behavior_with_windows(scale_up: float, scale_down: float) -> Behavior:
 
 @dataclass(frozen=True)
 class SimConfig:
-    """One simulated run. The defaults are the Helm chart's (3 to 30 workers, 100 tasks of
-    backlog per worker, 15 s sync, :data:`.hpa.DEFAULT_BEHAVIOR`) with a worker that completes
-    50 tasks/s of 1 s each: measure your own."""
+    """One simulated run. The defaults are the Helm chart's: its default worker pod (1
+    process x concurrency 64, modelled as 64 tasks/s of 1 s each, I/O-bound steps that fill
+    its 64 slots: measure your own), 3 to 30 workers, a target of
+    :func:`.hpa.default_target` of the slots, a 15 s sync and :data:`.hpa.DEFAULT_BEHAVIOR`.
+    ``target=None`` is that default (:attr:`effective_target`)."""
 
     profile: Profile
-    worker_rate: float = 50.0
+    worker_rate: float = 64.0
     service_time: float = 1.0
     duration: int = 1800
     min_replicas: int = 3
     max_replicas: int = 30
-    target: float = 100.0
+    target: float | None = None
     sync_period: int = 15
     metric_delay: int = 30
     startup: int = 20
@@ -193,11 +198,25 @@ class SimConfig:
             raise ConfigurationError(f"the sync period must be 1 s or more: {self.sync_period}")
         if self.metric_delay < 0 or self.startup < 0:
             raise ConfigurationError("the metric delay and the startup time cannot be negative")
+        if self.target is not None and not (math.isfinite(self.target) and self.target > 0):
+            raise ConfigurationError(f"the target must be above 0 tasks a worker: {self.target:g}")
+
+    @property
+    def slots(self) -> int:
+        """The tasks a busy worker holds: ``worker_rate * service_time``, rounded."""
+        return round(self.worker_rate * self.service_time)
+
+    @property
+    def effective_target(self) -> float:
+        """``target``, or when it is None :func:`.hpa.default_target` of the slots."""
+        return float(default_target(self.slots)) if self.target is None else self.target
 
     def parameters(self) -> dict[str, Any]:
-        """Everything the run depends on, as plain JSON values."""
+        """Everything the run depends on, as plain JSON values (``target``: the effective
+        one)."""
         plain = {f.name: getattr(self, f.name) for f in fields(self)}
         del plain["profile"], plain["behavior"]
+        plain["target"] = self.effective_target
         return {
             "profile": type(self.profile).__name__.lower(),
             **asdict(self.profile),
@@ -348,7 +367,9 @@ class _Queue:
 
 def simulate(config: SimConfig) -> Result:
     """Run the model of this module's docstring for ``config.duration`` seconds."""
-    hpa = Autoscaler(config.min_replicas, config.max_replicas, config.target, config.behavior)
+    hpa = Autoscaler(
+        config.min_replicas, config.max_replicas, config.effective_target, config.behavior
+    )
     queue = _Queue(config.service_time)
     result = Result(config)
     desired = ready = config.min_replicas  # the run starts with min workers up
@@ -447,10 +468,13 @@ def clock(seconds: float) -> str:
 def describe(config: SimConfig) -> str:
     """The run's parameters in one line (the plot's and the terminal's title)."""
     c = config
+    target = f"{c.effective_target:g}"
+    if c.target is None:
+        target += f" (default for {c.slots} slots)"
     return (
         f"{c.profile.describe()}, {c.duration} s simulated; "
         f"worker {c.worker_rate:g} tasks/s of {c.service_time:g} s; "
-        f"HPA {c.min_replicas}-{c.max_replicas} workers, target {c.target:g}, "
+        f"HPA {c.min_replicas}-{c.max_replicas} workers, target {target}, "
         f"sync {c.sync_period} s, metric delay {c.metric_delay} s, startup {c.startup} s, "
         f"windows up {c.behavior.scale_up.stabilization_window:g} s / "
         f"down {c.behavior.scale_down.stabilization_window:g} s"
@@ -510,7 +534,7 @@ def plot(result: Result, path: str | Path) -> None:
     backlog.plot(minutes, result.backlog, label="backlog (waiting + running)")
     backlog.step(
         minutes,
-        [d * config.target for d in result.desired],
+        [d * config.effective_target for d in result.desired],
         where="post",
         linestyle="--",
         linewidth=1,
@@ -537,6 +561,6 @@ def plot(result: Result, path: str | Path) -> None:
 
     for axes in (replicas, backlog, latency):
         axes.grid(True, alpha=0.3)
-    title = describe(config).split("; ")
-    fig.suptitle(f"{title[0]}\n{'; '.join(title[1:])}", fontsize="medium")
+    parts = describe(config).split("; ")  # the load; the worker; the HPA: two lines
+    fig.suptitle(f"{'; '.join(parts[:2])}\n{'; '.join(parts[2:])}", fontsize="medium")
     fig.savefig(path, dpi=100, format="png")
