@@ -87,7 +87,6 @@ app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
 {{- end -}}
 {{- end -}}
 
-{{/* A value as a decimal string (values arrive as floats). */}}
 {{/* The backlog per worker pod the autoscaler aims at: autoscaling.targetPerWorker, or 80%
 of the tasks a pod runs at once (conveyor.scaling.hpa.default_target). */}}
 {{- define "conveyor.workerTarget" -}}
@@ -100,6 +99,7 @@ of the tasks a pod runs at once (conveyor.scaling.hpa.default_target). */}}
 {{- end -}}
 {{- end -}}
 
+{{/* A value as a decimal string (values arrive as floats). */}}
 {{- define "conveyor.int" -}}
 {{- printf "%d" (int .) -}}
 {{- end -}}
