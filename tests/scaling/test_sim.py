@@ -17,20 +17,9 @@ from typer.testing import CliRunner
 
 from conveyor.cli import scale
 from conveyor.errors import ConfigurationError
-from conveyor.scaling.hpa import default_target, raw_recommendation
-from conveyor.scaling.sim import (
-    CSV_COLUMNS,
-    SimConfig,
-    Sine,
-    Spike,
-    Steady,
-    behavior_with_windows,
-    describe,
-    plot,
-    simulate,
-    timeline,
-    write_csv,
-)
+from conveyor.scaling.hpa import DEFAULT_BEHAVIOR, default_target, raw_recommendation
+from conveyor.scaling.report import CSV_COLUMNS, describe, plot, timeline, write_csv
+from conveyor.scaling.sim import SimConfig, Sine, Spike, Steady, simulate
 
 # The defaults model the Helm chart's default worker pod: 64 tasks/s of 1 s each, so a busy
 # worker holds 64 tasks (its 64 slots), and the HPA aims at default_target(64) = 51 a worker.
@@ -240,7 +229,7 @@ def test_the_replicas_stay_within_the_bounds() -> None:
 
 def test_a_longer_scale_down_window_keeps_at_least_as_many_workers() -> None:
     runs = [
-        simulate(SimConfig(**{**vars(SPIKE), "behavior": behavior_with_windows(0, window)}))
+        simulate(SimConfig(**{**vars(SPIKE), "behavior": DEFAULT_BEHAVIOR.with_windows(0, window)}))
         for window in (120, 300, 600)
     ]
     # the spike has drained (in what the HPA reads) before the first scale-down of the
@@ -297,7 +286,7 @@ def test_timeline_rows_cover_the_run() -> None:
         (lambda: SimConfig(Steady(1), target=0), "target must be above 0"),
         (lambda: SimConfig(Steady(1), target=math.nan), "target must be above 0"),
         (lambda: simulate(SimConfig(Steady(1), min_replicas=5, max_replicas=2)), "min <= max"),
-        (lambda: behavior_with_windows(0, -1), "cannot be negative"),
+        (lambda: DEFAULT_BEHAVIOR.with_windows(0, -1), "cannot be negative"),
     ],
 )
 def test_wrong_settings_are_refused(make: object, message: str) -> None:

@@ -14,19 +14,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..scaling.sim import (
-    PROFILES,
-    Result,
-    SimConfig,
-    behavior_with_windows,
-    clock,
-    describe,
-    make_profile,
-    plot,
-    simulate,
-    timeline,
-    write_csv,
-)
+from ..scaling.hpa import DEFAULT_BEHAVIOR
+from ..scaling.report import describe, plot, timeline, write_csv
+from ..scaling.sim import PROFILES, Result, SimConfig, clock, make_profile, simulate
 
 
 def _seconds(value: float | None) -> str:
@@ -183,7 +173,7 @@ def register(cli: typer.Typer) -> None:
             sync_period=sync_period,
             metric_delay=metric_delay,
             startup=startup,
-            behavior=behavior_with_windows(scale_up_window, scale_down_window),
+            behavior=DEFAULT_BEHAVIOR.with_windows(scale_up_window, scale_down_window),
         )
         if every < 1:
             fail(f"--every must be 1 s or more: {every}")

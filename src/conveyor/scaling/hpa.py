@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from ..errors import ConfigurationError
@@ -86,6 +86,13 @@ class Behavior:
 
     scale_up: ScalingRules
     scale_down: ScalingRules
+
+    def with_windows(self, scale_up: float, scale_down: float) -> Behavior:
+        """The same rate policies with other stabilization windows (seconds)."""
+        return Behavior(
+            scale_up=replace(self.scale_up, stabilization_window=scale_up),
+            scale_down=replace(self.scale_down, stabilization_window=scale_down),
+        )
 
 
 #: Up at once (double, or +4, whichever is more, every 15 s); down only after the backlog

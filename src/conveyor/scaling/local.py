@@ -14,7 +14,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 
@@ -46,10 +46,7 @@ class AutoscaleOptions:
             raise ConfigurationError("the autoscale interval must be above 0 seconds")
 
     def behavior(self) -> Behavior:
-        return Behavior(
-            scale_up=replace(DEFAULT_BEHAVIOR.scale_up, stabilization_window=self.up_window),
-            scale_down=replace(DEFAULT_BEHAVIOR.scale_down, stabilization_window=self.down_window),
-        )
+        return DEFAULT_BEHAVIOR.with_windows(self.up_window, self.down_window)
 
 
 def parse_range(text: str) -> tuple[int, int]:
