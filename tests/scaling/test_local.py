@@ -99,6 +99,18 @@ def test_cli_refuses_bad_autoscale_options(redis7: EmbeddedRedis, namespace: str
         conveyor("worker", "conveyor.demo:app", "-p", "2", "--autoscale", "1:2", env=env),
         "use either --processes or --autoscale",
     )
+    assert_one_line_error(
+        conveyor(
+            "worker",
+            "conveyor.demo:app",
+            "--autoscale",
+            "1:2",
+            "--scale-down-window",
+            "-1",
+            env=env,
+        ),
+        "a stabilization window cannot be negative",
+    )
 
 
 def test_health_board_reports_stalls_and_readiness() -> None:

@@ -69,6 +69,20 @@ Partitions = Annotated[
     ),
 ]
 
+# the HPA's stabilization windows: `worker --autoscale` and `autoscale-sim` (a negative one
+# is refused by ScalingRules, in one readable line)
+ScaleUpWindow = Annotated[
+    float,
+    typer.Option("--scale-up-window", help="Seconds a higher backlog must last to scale up."),
+]
+ScaleDownWindow = Annotated[
+    float,
+    typer.Option(
+        "--scale-down-window",
+        help="Seconds the backlog must stay low before scaling down.",
+    ),
+]
+
 
 def fail(message: str, code: int = 1) -> None:
     err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
@@ -186,20 +200,8 @@ def worker(
         float,
         typer.Option("--autoscale-interval", min=0.1, help="Seconds between decisions."),
     ] = 15.0,
-    scale_up_window: Annotated[
-        float,
-        typer.Option(
-            "--scale-up-window", min=0, help="Seconds a higher backlog must last to scale up."
-        ),
-    ] = DEFAULT_BEHAVIOR.scale_up.stabilization_window,
-    scale_down_window: Annotated[
-        float,
-        typer.Option(
-            "--scale-down-window",
-            min=0,
-            help="Seconds the backlog must stay low before processes are stopped.",
-        ),
-    ] = DEFAULT_BEHAVIOR.scale_down.stabilization_window,
+    scale_up_window: ScaleUpWindow = DEFAULT_BEHAVIOR.scale_up.stabilization_window,
+    scale_down_window: ScaleDownWindow = DEFAULT_BEHAVIOR.scale_down.stabilization_window,
     redis_url: RedisUrl = None,
     namespace: Namespace = None,
     partitions: Partitions = None,

@@ -67,7 +67,7 @@ def timeline_table(result: Result, every: int) -> Table:
 
 def register(cli: typer.Typer) -> None:
     """Add the ``autoscale-sim`` command to ``cli``."""
-    from .main import fail, out, readable_errors
+    from .main import ScaleDownWindow, ScaleUpWindow, fail, out, readable_errors
 
     @cli.command("autoscale-sim")
     @readable_errors
@@ -139,12 +139,8 @@ def register(cli: typer.Typer) -> None:
             int,
             typer.Option("--startup", help="Seconds from asking for a worker to its serving."),
         ] = 20,
-        scale_up_window: Annotated[
-            int, typer.Option("--scale-up-window", help="Scale-up stabilization, seconds.")
-        ] = 0,
-        scale_down_window: Annotated[
-            int, typer.Option("--scale-down-window", help="Scale-down stabilization, seconds.")
-        ] = 300,
+        scale_up_window: ScaleUpWindow = DEFAULT_BEHAVIOR.scale_up.stabilization_window,
+        scale_down_window: ScaleDownWindow = DEFAULT_BEHAVIOR.scale_down.stabilization_window,
         every: Annotated[
             int, typer.Option("--every", help="Seconds per row of the printed timeline.")
         ] = 60,

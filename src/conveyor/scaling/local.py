@@ -44,6 +44,7 @@ class AutoscaleOptions:
     def __post_init__(self) -> None:
         if self.interval <= 0:
             raise ConfigurationError("the autoscale interval must be above 0 seconds")
+        self.behavior()  # refuses a negative window now, before any process starts
 
     def behavior(self) -> Behavior:
         return DEFAULT_BEHAVIOR.with_windows(self.up_window, self.down_window)
