@@ -4,6 +4,7 @@ namespace per test so tests never see each other's keys (no FLUSHALL needed)."""
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -14,6 +15,8 @@ import redis.asyncio as aredis
 
 from conveyor import App, AsyncClient, Worker, Workflow
 from conveyor.embedded import EmbeddedRedis, find_redis_servers, server_version
+from conveyor.storage.connection import connect
+from tests.topologies import LocalCluster, SentinelGroup
 
 SERVERS = find_redis_servers()
 if not SERVERS:
@@ -23,8 +26,21 @@ VERSIONS = {f"redis-{server_version(b)}": b for b in SERVERS}
 VERSION_IDS = list(dict.fromkeys(VERSIONS))
 
 
-@pytest.fixture(scope="session", params=VERSION_IDS)
-def redis_server(request: pytest.FixtureRequest) -> Iterator[EmbeddedRedis]:
+#: CONVEYOR_TEST_TOPOLOGY=cluster (or sentinel) runs the engine tests on a local Redis
+#: Cluster (or Sentinel group) instead of one server: `redis_server.url` is then its URL.
+TOPOLOGY = os.environ.get("CONVEYOR_TEST_TOPOLOGY", "server")
+
+
+@pytest.fixture(scope="session", params=VERSION_IDS if TOPOLOGY == "server" else [TOPOLOGY])
+def redis_server(request: pytest.FixtureRequest) -> Iterator[Any]:
+    if TOPOLOGY == "cluster":
+        with LocalCluster(appendonly=False) as cluster:
+            yield cluster
+        return
+    if TOPOLOGY == "sentinel":
+        with SentinelGroup(appendonly=False) as group:
+            yield group
+        return
     with EmbeddedRedis(binary=Path(VERSIONS[request.param]), appendonly=False) as server:
         yield server
 
@@ -43,7 +59,7 @@ def namespace() -> str:
 
 @pytest.fixture
 async def redis(redis_server: EmbeddedRedis) -> AsyncIterator[aredis.Redis]:
-    client = aredis.Redis.from_url(redis_server.url)
+    client: Any = connect(redis_server.url)
     yield client
     await client.aclose()
 

@@ -15,8 +15,6 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from redis.asyncio import Redis
-
 from .app import App
 from .coalesce import Coalescer
 from .errors import (
@@ -30,7 +28,7 @@ from .errors import (
 from .observability.metrics import count_refused, count_started
 from .observability.tracing import TRACING
 from .settings import Settings
-from .storage.connection import connect
+from .storage.connection import RedisClient, connect
 from .storage.records import DeadLetter, WorkflowStatus
 from .storage.store import StartRequest, Store
 from .watcher import FinishedWatcher
@@ -66,7 +64,7 @@ class AsyncClient:
         *,
         partitions: int | None = None,
         app: App | None = None,
-        redis: Redis | None = None,
+        redis: RedisClient | None = None,
         **settings: Any,
     ) -> None:
         base = app.settings if app is not None else Settings.from_env()

@@ -37,6 +37,19 @@ class BackPressureError(ConveyorError):
         self.retry_after = retry_after
 
 
+class ReplicationError(ConveyorError):
+    """In ``durability="replicated"`` mode, replicas did not confirm a write in time.
+
+    The write reached the master and may or may not survive a failover. Retrying is safe
+    with the same idempotency key (a start) and for transitions (they are idempotent)."""
+
+    def __init__(self, message: str, wanted: int, confirmed: int = 0) -> None:
+        super().__init__(message)
+        self.wanted = wanted
+        self.confirmed = confirmed
+        self.retry_after = 1.0
+
+
 class WorkflowFailedError(ConveyorError):
     """The workflow failed; ``error`` carries the failing step's type, message and traceback."""
 

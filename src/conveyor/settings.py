@@ -33,6 +33,13 @@ class Settings:
         the HTTP API's SSE route serves; off saves three Redis commands per single-step
         workflow (measured: ~12 µs of Redis CPU of ~47, 5-10% of its throughput)
         [CONVEYOR_EVENTS].
+    durability: ``fast`` counts a write as done when the Redis master answers;
+        ``replicated`` also waits until ``durability_replicas`` replicas confirm it (WAIT),
+        for at most ``durability_timeout`` seconds, and fails the write (API: 503) when they
+        do not. See docs/guarantees.md for what each mode can lose [CONVEYOR_DURABILITY].
+    durability_replicas: replicas that must confirm a write in ``replicated`` mode
+        [CONVEYOR_DURABILITY_REPLICAS].
+    durability_timeout: longest wait for them, seconds [CONVEYOR_DURABILITY_TIMEOUT].
     """
 
     redis_url: str = DEFAULT_REDIS_URL
@@ -44,6 +51,9 @@ class Settings:
     max_deliveries: int = 5
     group: str = "agents"
     events: bool = True
+    durability: str = "fast"
+    durability_replicas: int = 1
+    durability_timeout: float = 1.0
 
     def __post_init__(self) -> None:
         if self.partitions < 1 or self.partitions > 16384:
@@ -56,6 +66,14 @@ class Settings:
             raise ConfigurationError("visibility_timeout must be >= 1 second")
         if self.max_deliveries < 1:
             raise ConfigurationError("max_deliveries must be >= 1")
+        if self.durability not in ("fast", "replicated"):
+            raise ConfigurationError(
+                f"durability must be 'fast' or 'replicated', not {self.durability!r}"
+            )
+        if self.durability_replicas < 1:
+            raise ConfigurationError("durability_replicas must be >= 1")
+        if not 0 < self.durability_timeout <= 60:
+            raise ConfigurationError("durability_timeout must be between 0 and 60 seconds")
         if not self.namespace or any(c in self.namespace for c in "{} \n"):
             raise ConfigurationError(f"invalid namespace {self.namespace!r}")
 

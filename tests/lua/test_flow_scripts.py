@@ -125,7 +125,8 @@ async def test_signal_to_a_wait_on_another_queue_is_redone(store: Store) -> None
     another queue (or gone), the script writes nothing and says which (CHANGED)."""
     wf_id, _ = await wait_for_signal(store, 60_000)
     key = store.keys.workflow(wf_id)
-    keys = [key, store.keys.signals(wf_id, "ok"), store.keys.stream(0, "other")]
+    stream = store.keys.stream(store.keys.partition(wf_id), "other")
+    keys = [key, store.keys.signals(wf_id, "ok"), stream]
     argv = ["ok", b"1", 1, "other", 60, wf_id]
     assert await store.scripts.call(store.redis, "signal", keys, argv) == [
         ScriptCode.CHANGED,

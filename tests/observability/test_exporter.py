@@ -416,5 +416,6 @@ def test_exporter_bad_url_is_one_readable_line() -> None:
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
-        "error: unsupported Redis URL 'http://nope': expected redis://, rediss:// or unix://"
+        "error: unsupported Redis URL 'http://nope': expected redis://, rediss://, unix://,"
+        " redis+sentinel://, rediss+sentinel://, redis+cluster://, rediss+cluster://"
     ]

@@ -23,6 +23,7 @@ from ..errors import (
     DeadLetterNotFoundError,
     DefinitionError,
     ReplayError,
+    ReplicationError,
     SignalError,
     UnknownWorkflowError,
     WorkflowNotFoundError,
@@ -286,6 +287,15 @@ def _engine_error(status: int, kind: str) -> Any:
 
 
 async def _unavailable(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, ReplicationError):  # durability "replicated": WAIT fell short
+        log.warning("write not confirmed by replicas: %s", exc)
+        return problem_response(
+            503,
+            f"{exc}: the request reached the Redis master but may not survive a failover; "
+            "retry (a start with the same Idempotency-Key is not run twice)",
+            kind="not-replicated", headers={"Retry-After": "1"},
+            instance=request.url.path, retry_after=1,
+        )  # fmt: skip
     log.warning("Redis unavailable: %s", exc)
     return problem_response(
         503, "Redis is unavailable; retry later", kind="unavailable",

@@ -15,6 +15,9 @@ from typing import Any
 
 from redis.exceptions import NoScriptError
 
+from .connection import is_cluster
+from .durability import Confirmation
+
 # name: number of KEYS (0: any number, the script says how it splits them). The file is
 # scripts/<name>.lua.
 SCRIPTS: dict[str, int] = {
@@ -66,36 +69,66 @@ class ScriptRegistry:
         return ["EVALSHA", script.sha, len(keys), *keys, *argv]
 
     async def load_all(self, redis: Any) -> None:
+        if is_cluster(redis):  # each SCRIPT LOAD goes to every master (not pipelined there)
+            for script in self.scripts.values():
+                await redis.script_load(script.source)
+            return
         pipe = redis.pipeline(transaction=False)
         for script in self.scripts.values():
             pipe.script_load(script.source)
         await pipe.execute()
 
-    async def call(self, redis: Any, name: str, keys: list[str], argv: list[Any]) -> Any:
+    async def call(
+        self,
+        redis: Any,
+        name: str,
+        keys: list[str],
+        argv: list[Any],
+        confirm: Confirmation | None = None,
+    ) -> Any:
+        """One script call. With ``confirm`` (durability ``replicated``) it returns only once
+        replicas confirmed the write, else raises ReplicationError."""
         args = self.args(name, keys, argv)
+        if confirm is not None:
+            [result] = await self.call_many(redis, [args], confirm)
+            if isinstance(result, Exception):
+                raise result
+            return result
         try:
             return await redis.execute_command(*args)
         except NoScriptError:
             await self.load_all(redis)
             return await redis.execute_command(*args)
 
-    async def call_many(self, redis: Any, calls: list[list[Any]]) -> list[Any]:
+    async def call_many(
+        self, redis: Any, calls: list[list[Any]], confirm: Confirmation | None = None
+    ) -> list[Any]:
         """Run EVALSHA calls (from :meth:`args`) in one pipeline; reload scripts on NOSCRIPT.
 
-        Results come back in order; an exception of one call is returned in its place.
+        Results come back in order; an exception of one call is returned in its place. With
+        ``confirm``, replicas must confirm the pipeline's writes (see storage/durability.py),
+        else ReplicationError is raised for all of them.
         """
-        results = await self._pipeline(redis, calls)
+        results = await self._pipeline(redis, calls, confirm)
         missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
         if missing:
             await self.load_all(redis)
-            retried = await self._pipeline(redis, [calls[i] for i in missing])
+            retried = await self._pipeline(redis, [calls[i] for i in missing], confirm)
             for i, r in zip(missing, retried, strict=True):
                 results[i] = r
         return results
 
     @staticmethod
-    async def _pipeline(redis: Any, calls: list[list[Any]]) -> list[Any]:
+    async def _pipeline(
+        redis: Any, calls: list[list[Any]], confirm: Confirmation | None
+    ) -> list[Any]:
         pipe = redis.pipeline(transaction=False)
         for args in calls:
             pipe.execute_command(*args)
-        return list(await pipe.execute(raise_on_error=False))
+        if confirm is None or not calls:
+            return list(await pipe.execute(raise_on_error=False))
+        keys = [args[3] for args in calls]  # EVALSHA sha numkeys key...: a key of each call
+        nodes = await confirm.queue(redis, pipe, keys)
+        replies = list(await pipe.execute(raise_on_error=False))
+        confirm.check(redis, nodes, keys, replies[len(calls) :])
+        return replies[: len(calls)]

@@ -207,7 +207,11 @@ async def queue_snapshot(
     partitions = range(settings.partitions)
     targets = [(q, p, keys.stream(p, q)) for q in queues for p in partitions]
     pipe = redis.pipeline(transaction=False)
-    pipe.time()
+    # TIME has no key: a Cluster pipeline cannot route it, so there it is its own call (to
+    # one node: ages are then measured by that node's clock)
+    clock = await redis.time() if store.cluster else None
+    if clock is None:
+        pipe.time()
     pipe.zrange(keys.workers, 0, -1, withscores=True)
     pipe.hget(keys.meta, "partitions")
     if registry:
@@ -220,7 +224,7 @@ async def queue_snapshot(
     for p in partitions:
         pipe.xlen(keys.dead(p))
     replies = iter(await pipe.execute(raise_on_error=False))
-    seconds, micros = _ok(next(replies))
+    seconds, micros = clock if clock is not None else _ok(next(replies))
     now_ms = seconds * 1000 + micros // 1000
     members: list[tuple[bytes, float]] = _ok(next(replies))
     recorded = _ok(next(replies))
@@ -236,13 +240,13 @@ async def queue_snapshot(
     fixups = [r for r in readings if r.after is not None]
     if members or fixups:
         pipe = redis.pipeline(transaction=False)
-        if members:
-            pipe.mget([keys.worker(name.decode()) for name, _ in members])
+        for name, _ in members:  # GETs, not one MGET: on a Cluster the keys are on any node
+            pipe.get(keys.worker(name.decode()))
         for r in fixups:
             pipe.xrange(r.stream, r.after, "+", count=1)
         second = iter(await pipe.execute())
         round_trips += 1
-        beats = next(second) if members else []
+        beats = [next(second) for _ in members]
         for r, entries in zip(fixups, second, strict=True):
             if entries:
                 r.oldest_ms = _id_ms(entries[0][0])

@@ -7,6 +7,7 @@ key or calls a transition script.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 import uuid
@@ -14,7 +15,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from .. import codec
@@ -29,6 +29,8 @@ from ..errors import (
 )
 from ..observability.tracing import TRACING
 from ..settings import Settings
+from .connection import RedisClient, is_cluster
+from .durability import Confirmation, warn_about_server
 from .keys import Keys
 from .records import DeadLetter, StepError, Task, WorkflowStatus, from_ms
 from .scripts import ScriptRegistry
@@ -40,6 +42,9 @@ __all__ = ["COMMIT_BATCH", "StartRequest", "Store", "Transition", "now_ms"]
 COMMIT_BATCH = 64
 #: Most starts sent in one call of the start script.
 START_BATCH = 128
+#: On a Cluster, workers poll their streams (see Store._read_slots): the first and the
+#: longest pause between two reads that found nothing, ms.
+CLUSTER_POLL_MS = (1, 25)
 
 
 @dataclass(slots=True)
@@ -80,7 +85,7 @@ def _entry_order(letter: DeadLetter) -> tuple[int, int]:
 class Store:
     """Semantic operations on one namespace of one Redis deployment."""
 
-    def __init__(self, redis: Redis, settings: Settings) -> None:
+    def __init__(self, redis: RedisClient, settings: Settings) -> None:
         # redis-py's command annotations are unions of sync and async results: type the
         # client loosely here and keep this module's own signatures precise instead
         self.redis: Any = redis
@@ -91,11 +96,24 @@ class Store:
         self._stream_index: dict[str, tuple[int, str]] = {}
         self._signal_queues: dict[str, str] = {}  # signal name -> queue its waiter was on
         self._retention = int(settings.retention)
+        self.cluster = is_cluster(redis)
+        #: WAIT for replicas after writes (durability "replicated"), else None
+        self.confirm = (
+            Confirmation(settings.durability_replicas, int(settings.durability_timeout * 1000))
+            if settings.durability == "replicated"
+            else None
+        )
+        self._server_checked = False
+        self._poll_ms = CLUSTER_POLL_MS[0]  # a Cluster's current pause between empty reads
 
     # -- set-up -----------------------------------------------------------------------------
 
     async def check_partitions(self) -> None:
-        """Record the partition count on first use; refuse to run with a different one."""
+        """Record the partition count on first use; refuse to run with a different one.
+        The first time, also warn about Redis settings that can lose acknowledged work."""
+        if not self._server_checked:
+            self._server_checked = True
+            await warn_about_server(self.redis, self.settings.durability)
         key = self.keys.meta
         await self.redis.hsetnx(key, "partitions", self.settings.partitions)
         stored = await self.redis.hget(key, "partitions")
@@ -212,7 +230,7 @@ class Store:
                 owners.append(chunk)
         out: list[tuple[str, bool] | BackPressureError | None] = [None] * len(requests)
         for chunk, reply in zip(
-            owners, await self.scripts.call_many(self.redis, calls), strict=True
+            owners, await self.scripts.call_many(self.redis, calls, self.confirm), strict=True
         ):
             if isinstance(reply, ResponseError) and str(reply).startswith("OOM"):
                 for i in chunk:
@@ -268,6 +286,8 @@ class Store:
         self, streams: Sequence[str], consumer: str, count: int, block_ms: int | None
     ) -> list[tuple[str, bytes, dict[bytes, bytes]]]:
         """New entries for ``consumer`` from ``streams`` (XREADGROUP >), as raw triples."""
+        if self.cluster:
+            return await self._read_slots(streams, consumer, count, block_ms)
         response = await self.redis.xreadgroup(
             self.settings.group,
             consumer,
@@ -280,6 +300,33 @@ class Store:
             name = stream.decode() if isinstance(stream, bytes) else stream
             for entry_id, fields in items:
                 entries.append((name, entry_id, fields or {}))
+        return entries
+
+    async def _read_slots(
+        self, streams: Sequence[str], consumer: str, count: int, block_ms: int | None
+    ) -> list[tuple[str, bytes, dict[bytes, bytes]]]:
+        """:meth:`read` on a Cluster, where one XREADGROUP cannot span hash slots (and each
+        partition is a slot): one read per slot, pipelined (each master answers for its own
+        in parallel), without BLOCK. When all come back empty the call pauses before
+        returning, from 1 ms doubling to 25 ms while the streams stay empty, as a blocking
+        read would have waited."""
+        by_slot: dict[str, dict[str, str]] = {}
+        for stream in streams:
+            by_slot.setdefault(stream.partition("}")[0], {})[stream] = ">"
+        pipe = self.redis.pipeline(transaction=False)
+        for group in by_slot.values():
+            pipe.xreadgroup(self.settings.group, consumer, group, count=count)
+        entries: list[tuple[str, bytes, dict[bytes, bytes]]] = []
+        for response in await pipe.execute():
+            for stream, items in response or ():
+                name = stream.decode() if isinstance(stream, bytes) else stream
+                for entry_id, fields in items:
+                    entries.append((name, entry_id, fields or {}))
+        if entries:
+            self._poll_ms = CLUSTER_POLL_MS[0]
+        elif block_ms:
+            await asyncio.sleep(min(self._poll_ms, block_ms) / 1000)
+            self._poll_ms = min(self._poll_ms * 2, CLUSTER_POLL_MS[1])
         return entries
 
     async def reclaim(
@@ -408,7 +455,7 @@ class Store:
                 owners.append(chunk)
         results: list[int | Exception] = [0] * len(transitions)
         for members, reply in zip(
-            owners, await self.scripts.call_many(self.redis, calls), strict=True
+            owners, await self.scripts.call_many(self.redis, calls, self.confirm), strict=True
         ):
             if isinstance(reply, Exception):
                 for i in members:
@@ -462,7 +509,9 @@ class Store:
             workflow_id,
             reason,
         ]
-        code, status, *children = await self.scripts.call(self.redis, "cancel", keys, argv)
+        code, status, *children = await self.scripts.call(
+            self.redis, "cancel", keys, argv, self.confirm
+        )
         if code == ScriptCode.NOT_FOUND:
             raise WorkflowNotFoundError(f"no workflow with id {workflow_id!r}")
         for child in children:
@@ -483,7 +532,7 @@ class Store:
             stream = self.keys.stream(partition, queue) if queue else key
             argv = [name, body, now_ms(), queue, self._retention, workflow_id]
             code, detail = await self.scripts.call(
-                self.redis, "signal", [key, buffer, stream], argv
+                self.redis, "signal", [key, buffer, stream], argv, self.confirm
             )
             detail = detail.decode() if isinstance(detail, bytes) else str(detail)
             if code == ScriptCode.NOT_FOUND:
@@ -587,7 +636,9 @@ class Store:
             self.keys.stream(partition, letter.queue),
             self.keys.stopped(partition),
         ]
-        code, detail = await self.scripts.call(self.redis, "replay", keys, [entry, now_ms()])
+        code, detail = await self.scripts.call(
+            self.redis, "replay", keys, [entry, now_ms()], self.confirm
+        )
         detail = detail.decode() if isinstance(detail, bytes) else str(detail)
         if code == ScriptCode.NOT_FOUND and detail == "entry":
             raise DeadLetterNotFoundError(f"no dead letter {dead_id!r}")

@@ -11,14 +11,12 @@ import time
 import uuid
 from typing import Any
 
-from redis.asyncio import Redis
-
 from ..app import App
 from ..errors import ConfigurationError
 from ..limits import Limiter
 from ..observability.metrics import WorkerMetrics
 from ..observability.tracing import TRACING
-from ..storage.connection import UNAVAILABLE, connect
+from ..storage.connection import UNAVAILABLE, RedisClient, connect
 from ..storage.records import Task
 from ..storage.store import Store, now_ms
 from ..workflow import Step
@@ -74,7 +72,7 @@ class Worker:
         promote_interval: float = 0.1,
         trim_interval: float = 1.0,
         reclaim_interval: float | None = None,
-        redis: Redis | None = None,
+        redis: RedisClient | None = None,
     ) -> None:
         self.app = app
         self.settings = app.settings

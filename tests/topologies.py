@@ -1,0 +1,327 @@
+"""Real Redis topologies on loopback ports for the HA tests: a Cluster of 3 masters and 3
+replicas, and a master with a replica watched by 3 Sentinels. Every process is a real
+redis-server started here (never the machine's own Redis on 6379), and each can be killed
+and restarted to exercise failovers."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+
+from conveyor.embedded import EmbeddedRedis, find_redis_server, free_port
+
+#: How long a node may be unreachable before the others fail it over (Cluster and Sentinel).
+NODE_TIMEOUT_MS = 1000
+
+
+def command(port: int, *args: str, timeout: float = 2.0) -> str:
+    """One command by redis-cli (text reply), for setting up and inspecting topologies."""
+    cli = shutil.which("redis-cli") or str(find_redis_server().with_name("redis-cli"))
+    done = subprocess.run(
+        [cli, "-h", "127.0.0.1", "-p", str(port), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    return done.stdout
+
+
+def info(port: int, section: str) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for line in command(port, "INFO", section).splitlines():
+        key, sep, value = line.strip().partition(":")
+        if sep:
+            fields[key] = value
+    return fields
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except (OSError, subprocess.SubprocessError):
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+def cluster_args() -> list[str]:
+    return [
+        "--cluster-enabled", "yes",
+        "--cluster-config-file", "nodes.conf",
+        "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
+        # the bus port would be port + 10000, past 65535 for high free ports
+        "--cluster-port", str(free_port()),
+        # a replica whose link to its master broke long ago may still take over
+        "--cluster-replica-validity-factor", "0",
+    ]  # fmt: skip
+
+
+class LocalCluster:
+    """``with LocalCluster(tmp) as c: c.url`` is ``redis+cluster://`` with every node."""
+
+    def __init__(self, root: Path | None = None, *, masters: int = 3, appendonly: bool = True):
+        self._tmp = None if root else tempfile.mkdtemp(prefix="conveyor-cluster-")
+        self.root = Path(root or self._tmp or ".")
+        self.masters = masters
+        self.nodes = [
+            EmbeddedRedis(self.root / f"node{i}", appendonly=appendonly, extra_args=cluster_args())
+            for i in range(masters * 2)
+        ]
+
+    @property
+    def ports(self) -> list[int]:
+        return [node.port for node in self.nodes]
+
+    @property
+    def addresses(self) -> list[str]:
+        return [f"127.0.0.1:{p}" for p in self.ports]
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(self.addresses)
+
+    def start(self) -> LocalCluster:
+        for node in self.nodes:
+            node.start()
+        cli = shutil.which("redis-cli") or str(find_redis_server().with_name("redis-cli"))
+        subprocess.run(
+            [
+                cli,
+                "--cluster",
+                "create",
+                *self.addresses,
+                "--cluster-replicas",
+                "1",
+                "--cluster-yes",
+            ],
+            capture_output=True,
+            check=True,
+            timeout=30,
+        )
+        wait_until(self.healthy, 30, "the cluster to form")
+        return self
+
+    def healthy(self) -> bool:
+        """Every live node says the cluster is ok and sees the expected masters."""
+        live = [n for n in self.nodes if n.process is not None]
+        return all(
+            info_ok(command(n.port, "CLUSTER", "INFO"))
+            and len(self.master_ports(n.port)) == self.masters
+            for n in live
+        )
+
+    def master_ports(self, via: int | None = None) -> list[int]:
+        port = via or next(n.port for n in self.nodes if n.process is not None)
+        masters = []
+        for line in command(port, "CLUSTER", "NODES").splitlines():
+            fields = line.split()
+            if len(fields) > 8 and "master" in fields[2] and "fail" not in fields[2]:
+                masters.append(int(fields[1].split("@")[0].rsplit(":", 1)[1]))
+        return sorted(masters)
+
+    def node(self, port: int) -> EmbeddedRedis:
+        return next(n for n in self.nodes if n.port == port)
+
+    def kill_master(self, port: int | None = None) -> int:
+        """SIGKILL a master (the first one when not named); wait until a replica took its
+        slots and the cluster is ok again. Returns the killed port."""
+        victim = port or self.master_ports()[0]
+        self.node(victim).stop(graceful=False)
+        wait_until(
+            lambda: victim not in self.master_ports() and self.healthy(),
+            30,
+            f"a replica to take over from {victim}",
+        )
+        return victim
+
+    def revive(self, port: int) -> None:
+        """Restart a killed node: it rejoins as a replica of the master that replaced it."""
+        self.node(port).start()
+        wait_until(
+            lambda: (
+                info(port, "replication").get("role") == "slave"
+                and info(port, "replication").get("master_link_status") == "up"
+            ),
+            30,
+            f"node {port} to rejoin",
+        )
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.close()
+        if self._tmp:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def __enter__(self) -> LocalCluster:
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def info_ok(text: str) -> bool:
+    return "cluster_state:ok" in text
+
+
+class Sentinel:
+    """One redis-server in Sentinel mode, watching ``master_name``."""
+
+    def __init__(self, folder: Path, master_name: str, master_port: int, quorum: int) -> None:
+        self.folder = folder
+        self.port = free_port()
+        folder.mkdir(parents=True, exist_ok=True)
+        self.config = folder / "sentinel.conf"
+        self.config.write_text(
+            f"port {self.port}\n"
+            "bind 127.0.0.1\n"
+            f"dir {folder}\n"
+            f"logfile {folder / 'sentinel.log'}\n"
+            f"sentinel monitor {master_name} 127.0.0.1 {master_port} {quorum}\n"
+            f"sentinel down-after-milliseconds {master_name} {NODE_TIMEOUT_MS}\n"
+            f"sentinel failover-timeout {master_name} 10000\n"
+            f"sentinel parallel-syncs {master_name} 1\n"
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [str(find_redis_server()), str(self.config), "--sentinel"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        wait_until(lambda: _answers(self.port), 10, f"sentinel on {self.port}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+
+def _answers(port: int) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+        s.sendall(b"PING\r\n")
+        return s.recv(16).startswith(b"+PONG")
+
+
+class SentinelGroup:
+    """A master, ``replicas`` replicas and 3 Sentinels (quorum 2). ``url`` is the
+    ``redis+sentinel://`` URL of the group; :meth:`failover` kills the current master."""
+
+    MASTER_NAME = "conveyor"
+
+    def __init__(self, root: Path | None = None, *, replicas: int = 1, appendonly: bool = True):
+        self._tmp = None if root else tempfile.mkdtemp(prefix="conveyor-sentinel-")
+        self.root = Path(root or self._tmp or ".")
+        self.servers = [
+            EmbeddedRedis(self.root / f"redis{i}", appendonly=appendonly)
+            for i in range(replicas + 1)
+        ]
+        self.sentinels: list[Sentinel] = []
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        return f"redis+sentinel://{hosts}/{self.MASTER_NAME}"
+
+    def start(self) -> SentinelGroup:
+        master, *replicas = self.servers
+        master.start()
+        for replica in replicas:
+            replica.extra_args = ["--replicaof", "127.0.0.1", str(master.port)]
+            replica.start()
+        wait_until(
+            lambda: (
+                int(info(master.port, "replication").get("connected_slaves", 0)) == len(replicas)
+            ),
+            15,
+            "the replicas to connect",
+        )
+        self.sentinels = [
+            Sentinel(self.root / f"sentinel{i}", self.MASTER_NAME, master.port, quorum=2)
+            for i in range(3)
+        ]
+        for sentinel in self.sentinels:
+            sentinel.start()
+        wait_until(self._sentinels_agree, 15, "the sentinels to find each other")
+        return self
+
+    def master_port(self) -> int:
+        """The master's port as the Sentinels report it (the first one that answers)."""
+        for sentinel in self.sentinels:
+            reply = command(
+                sentinel.port, "SENTINEL", "get-master-addr-by-name", self.MASTER_NAME
+            ).split()
+            if len(reply) == 2:
+                return int(reply[1])
+        raise RuntimeError("no sentinel knows the master")
+
+    def _sentinels_agree(self) -> bool:
+        for sentinel in self.sentinels:
+            fields = command(sentinel.port, "SENTINEL", "master", self.MASTER_NAME).split("\n")
+            pairs = dict(zip(fields[0::2], fields[1::2], strict=False))
+            if int(pairs.get("num-other-sentinels", 0)) < len(self.sentinels) - 1:
+                return False
+            if int(pairs.get("num-slaves", 0)) < len(self.servers) - 1:
+                return False
+        return True
+
+    def server(self, port: int) -> EmbeddedRedis:
+        return next(s for s in self.servers if s.port == port)
+
+    def failover(self, *, revive: bool = True) -> tuple[int, int]:
+        """SIGKILL the master, wait until the Sentinels promoted a replica that accepts
+        writes, then (``revive``) restart the old master, which rejoins as a replica.
+        Returns (old port, new port)."""
+        old = self.master_port()
+        self.server(old).stop(graceful=False)
+        wait_until(lambda: self.master_port() != old, 30, "the sentinels to promote a replica")
+        new = self.master_port()
+        wait_until(lambda: info(new, "replication").get("role") == "master", 30, "the new master")
+        if revive:
+            server = self.server(old)
+            server.start()
+            # the sentinels reconfigure it as a replica of the new master
+            wait_until(
+                lambda: info(old, "replication").get("master_link_status") == "up",
+                30,
+                f"{old} to rejoin as a replica",
+            )
+        return old, new
+
+    def close(self) -> None:
+        for sentinel in self.sentinels:
+            sentinel.stop()
+        for server in self.servers:
+            server.close()
+        if self._tmp:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def __enter__(self) -> SentinelGroup:
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
