@@ -110,7 +110,13 @@ class HiredisSentinelSSLConnection(HiredisPacking, SentinelManagedSSLConnection)
 
 class BlockingSentinelPool(SentinelConnectionPool, aredis.BlockingConnectionPool):
     """The Sentinel pool (it asks the Sentinels where the master is, and again after a
-    failover) with the blocking pool's waiting for a free connection."""
+    failover) with the blocking pool's waiting for a free connection. Closing it also
+    closes the connections to the Sentinels."""
+
+    async def disconnect(self, inuse_connections: bool = True) -> None:
+        await super().disconnect(inuse_connections)
+        for sentinel in self.sentinel_manager.sentinels:
+            await sentinel.aclose()
 
 
 FAST_CONNECTIONS: dict[type[AbstractConnection], type[AbstractConnection]] = {
