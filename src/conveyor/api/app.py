@@ -91,9 +91,13 @@ def create_app(app: App, settings: ApiSettings | None = None) -> FastAPI:
         if not settings.auth:
             log.warning("API authentication is OFF (--no-auth): anyone who can reach it may use it")
         flusher = asyncio.create_task(_flush_every(dispatcher.http_metrics, 1.0))
+        # warn about Redis settings that lose work now, not at the first start (best effort:
+        # with Redis down, the first start checks again)
+        checker = asyncio.create_task(_check_redis(dispatcher))
         try:
             yield
         finally:
+            checker.cancel()
             flusher.cancel()
             dispatcher.http_metrics.flush()
             await dispatcher.close()
@@ -123,6 +127,11 @@ def create_app(app: App, settings: ApiSettings | None = None) -> FastAPI:
     api.add_middleware(RequestHygiene, max_body=settings.max_body, metrics=dispatcher.http_metrics)
     add_tracing(api)  # outermost: its span is current while a request starts workflows
     return api
+
+
+async def _check_redis(dispatcher: Dispatcher) -> None:
+    with contextlib.suppress(Exception):
+        await dispatcher.client.store.check_partitions()
 
 
 async def _flush_every(metrics: HttpMetrics, seconds: float) -> None:

@@ -120,14 +120,14 @@ async def server_warnings(redis: Any, durability: str) -> list[str]:
     return warnings
 
 
-async def warn_about_server(redis: Any, durability: str) -> list[str]:
-    """Log :func:`server_warnings` (once per call) and return them. A server that cannot be
-    inspected (INFO not granted) is reported at debug level only."""
+async def warn_about_server(redis: Any, durability: str) -> list[str] | None:
+    """Log :func:`server_warnings` and return them; None when the server could not be
+    inspected (unreachable, or INFO not granted: reported at debug level only)."""
     try:
         warnings = await server_warnings(redis, durability)
-    except Exception as exc:  # an ACL without INFO: nothing to warn about, say why
+    except Exception as exc:
         log.debug("could not read the Redis configuration: %s", exc)
-        return []
+        return None
     for warning in warnings:
         log.warning("%s", warning)
     return warnings

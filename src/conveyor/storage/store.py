@@ -112,8 +112,8 @@ class Store:
         """Record the partition count on first use; refuse to run with a different one.
         The first time, also warn about Redis settings that can lose acknowledged work."""
         if not self._server_checked:
-            self._server_checked = True
-            await warn_about_server(self.redis, self.settings.durability)
+            warned = await warn_about_server(self.redis, self.settings.durability)
+            self._server_checked = warned is not None
         key = self.keys.meta
         await self.redis.hsetnx(key, "partitions", self.settings.partitions)
         stored = await self.redis.hget(key, "partitions")
