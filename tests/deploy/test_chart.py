@@ -376,6 +376,17 @@ def test_network_policies_select_what_they_mean(case: Case) -> None:
         assert external == []
 
 
+def test_a_sentinel_port_is_admitted_to_the_external_redis() -> None:
+    """With REDIS_URL=redis+sentinel://..., the clients also reach the Sentinels' port."""
+    overrides = {"networkPolicy": {"externalRedis": {"sentinelPort": 26379}}}
+    policy = find(render("production", overrides), "NetworkPolicy", "conveyor-external-redis")
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["ports"] == [
+        {"port": 6379, "protocol": "TCP"},
+        {"port": 26379, "protocol": "TCP"},
+    ]
+
+
 def test_dispatcher_clients_are_admitted() -> None:
     client = {"podSelector": {"matchLabels": {"app": "checkout"}}}
     objects = render(None, {"networkPolicy": {"dispatcherClients": [client]}})
