@@ -10,6 +10,7 @@ from typing import Any
 import helm_python
 import pytest
 
+from conveyor.storage.connection import RedisTarget
 from conveyor.workflow.definition import _NAME as QUEUE_NAME
 
 from .helm import CHART, NAMESPACE, RELEASE, Obj, chart
@@ -185,3 +186,18 @@ def test_dev_redis_needs_no_url() -> None:
 def test_values_that_contradict_each_other_are_refused(wrong: Obj, message: str) -> None:
     with pytest.raises(helm_python.HelmRenderError, match=re.escape(message)):
         chart().render(wrong, name=RELEASE, namespace=NAMESPACE)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://conveyor-redis-master:6379/0",
+        "rediss://conveyor@redis:6380/1?ssl_ca_certs=/etc/redis-tls/ca.crt",
+        "redis+sentinel://conveyor-redis:26379/mymaster",
+        "rediss+sentinel://s1:26379,s2:26379/mymaster/0",
+        "redis+cluster://redis-cluster-0:6379,redis-cluster-1:6379",
+    ],
+)
+def test_every_topology_url_is_accepted(url: str) -> None:
+    chart().validate_schema({"redis": {"url": url}})
+    RedisTarget.parse(url)  # and Conveyor reads it the same way

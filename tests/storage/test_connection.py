@@ -104,7 +104,7 @@ def test_cluster_and_tls_url_forms() -> None:
 
 
 def test_a_sentinel_client_uses_a_blocking_sentinel_pool() -> None:
-    client = connect("redis+sentinel://127.0.0.1:1/m?ssl_ca_certs=/x", max_connections=7)
+    client = connect("redis+sentinel://127.0.0.1:1/m", max_connections=7)
     pool = client.connection_pool
     assert isinstance(pool, BlockingSentinelPool) and pool.max_connections == 7
     assert pool.connection_class is HiredisSentinelConnection
