@@ -273,7 +273,7 @@ def _sentinel(
         target.master,
         redis_class=aredis.Redis,
         connection_pool_class=BlockingSentinelPool,
-        connection_class=FAST_CONNECTIONS[connection],
+        connection_class=FAST_CONNECTIONS.get(connection, connection),
         max_connections=size,
         timeout=None,
         retry=retry,
@@ -291,7 +291,7 @@ def _cluster(target: RedisTarget, size: int, retry: Retry, options: dict[str, An
     # CLUSTERDOWN are retried here (with the slots re-read) for about 3 s, longer outages
     # reach the engine, which backs off and tries again.
     cluster_retry = Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=8)
-    return RedisCluster(
+    client = RedisCluster(
         startup_nodes=[ClusterNode(host, port) for host, port in target.hosts],
         # per node: a command that finds every connection taken fails instead of waiting,
         # so the bound is generous (the engine's own concurrency bounds the real number)
@@ -299,6 +299,15 @@ def _cluster(target: RedisTarget, size: int, retry: Retry, options: dict[str, An
         retry=cluster_retry,
         **options,
     )
+    # hiredis packing for every node's connections, as for one server (RedisCluster takes no
+    # connection class: it picks plain or TLS itself, and the nodes it finds copy these kwargs)
+    manager = client.nodes_manager
+    plain = manager.connection_kwargs["connection_class"]
+    fast = FAST_CONNECTIONS.get(plain, plain)
+    manager.connection_kwargs["connection_class"] = fast
+    for node in manager.startup_nodes.values():
+        node.connection_class = fast
+    return client
 
 
 def is_cluster(redis: Any) -> bool:
