@@ -17,7 +17,7 @@ import pytest
 
 from conveyor import App, AsyncClient, ConfigurationError, ReplicationError, Settings, Worker
 from conveyor.embedded import EmbeddedRedis
-from conveyor.storage.connection import connect
+from conveyor.storage.connection import UNAVAILABLE, NoReplicasError, connect
 from conveyor.storage.durability import server_warnings
 from tests.apps import ha_app
 from tests.ha.harness import committed_once, engine
@@ -192,3 +192,22 @@ async def test_a_worker_and_the_api_warn_at_start(
                 assert (await http.post("/v1/workflows/triple", json=1)).status_code == 202
         assert "has appendonly no" in stack.output["worker0"]
         assert "has appendonly no" in stack.output["api"]
+
+
+async def test_min_replicas_to_write_refusals_are_retryable(tmp_path: Path, namespace: str) -> None:
+    """A master with min-replicas-to-write and no replica refuses writes (NOREPLICAS): a
+    start raises NoReplicasError, one of the "unavailable" errors that callers back off
+    from (API: 503), not a script error."""
+    with EmbeddedRedis(tmp_path / "r", extra_args=["--min-replicas-to-write", "1"]) as server:
+        client = AsyncClient(app=make_app(server.url, namespace))
+        try:
+            with pytest.raises(NoReplicasError, match="Not enough good replicas"):
+                await client.start("triple", 1)
+            assert isinstance(NoReplicasError("x"), UNAVAILABLE)
+        finally:
+            await client.close()
+        with engine(server.url, namespace) as stack:
+            async with stack.http() as http:
+                refused = await http.post("/v1/workflows/triple", json=1)
+                assert refused.status_code == 503, refused.text
+                assert "NOREPLICAS" in refused.json()["detail"]

@@ -31,7 +31,7 @@ from ..errors import (
 from ..limits import Limit, Limiter
 from ..observability.metrics import HttpMetrics, count_refused
 from ..observability.queues import QueueExporter
-from ..storage.connection import UNAVAILABLE, connect
+from ..storage.connection import UNAVAILABLE, NoReplicasError, connect
 from ..storage.queries import Queries
 from .auth import Authenticator
 from .middleware import BodyTooLarge
@@ -287,6 +287,13 @@ def _engine_error(status: int, kind: str) -> Any:
 
 
 async def _unavailable(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, NoReplicasError):  # the master's min-replicas-to-write refusal
+        log.warning("Redis refused a write: NOREPLICAS %s", exc)
+        return problem_response(
+            503, f"Redis refused the write (NOREPLICAS {exc}); retry later",
+            kind="not-replicated", headers={"Retry-After": "1"},
+            instance=request.url.path, retry_after=1,
+        )  # fmt: skip
     if isinstance(exc, ReplicationError):  # durability "replicated": WAIT fell short
         log.warning("write not confirmed by replicas: %s", exc)
         return problem_response(

@@ -23,6 +23,7 @@ from urllib.parse import unquote, urlsplit
 
 import hiredis
 import redis.asyncio as aredis
+from redis._parsers.base import BaseParser
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import AbstractConnection, parse_url
 from redis.asyncio.retry import Retry
@@ -37,6 +38,7 @@ from redis.exceptions import (
     BusyLoadingError,
     ClusterDownError,
     ReadOnlyError,
+    ResponseError,
     SlotNotCoveredError,
     TryAgainError,
 )
@@ -53,11 +55,21 @@ KEEPALIVE: dict[int, int] = {
     if hasattr(socket, name)
 }
 
+
+class NoReplicasError(ResponseError):
+    """NOREPLICAS: the master has fewer good replicas than its ``min-replicas-to-write`` and
+    refuses writes (a script is refused before its first write, so it ran not at all)."""
+
+
+# redis-py makes an error reply an exception by its first word and has no class for this
+# one, which would then look like a bug to the engine instead of a passing outage
+BaseParser.EXCEPTION_CLASSES.setdefault("NOREPLICAS", NoReplicasError)
+
 #: Errors that mean "Redis is not reachable right now": callers back off and try again.
 #: Besides lost connections: a server still loading its data, a Cluster without a master for
 #: some slots (CLUSTERDOWN, TRYAGAIN, no node for a slot) and a demoted master (READONLY),
-#: which all end by themselves when a failover completes; and, in durability "replicated"
-#: mode, replicas that did not confirm a write in time.
+#: which all end by themselves when a failover completes; and too few replicas: a master's
+#: min-replicas-to-write refusal, or (durability "replicated") no confirmation in time.
 UNAVAILABLE = (
     RedisConnectionError,
     RedisTimeoutError,
@@ -66,6 +78,7 @@ UNAVAILABLE = (
     TryAgainError,
     ReadOnlyError,
     SlotNotCoveredError,
+    NoReplicasError,
     ReplicationError,
     ConnectionError,
     OSError,

@@ -15,7 +15,7 @@ from typing import Any
 
 from redis.exceptions import NoScriptError
 
-from .connection import is_cluster
+from .connection import NoReplicasError, is_cluster
 from .durability import Confirmation
 
 # name: number of KEYS (0: any number, the script says how it splits them). The file is
@@ -110,6 +110,9 @@ class ScriptRegistry:
         else ReplicationError is raised for all of them.
         """
         results = await self._pipeline(redis, calls, confirm)
+        refused = next((r for r in results if isinstance(r, NoReplicasError)), None)
+        if refused is not None:  # a pipeline's calls come back as values: raise it
+            raise refused
         missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
         if missing:
             await self.load_all(redis)
