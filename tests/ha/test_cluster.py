@@ -81,6 +81,8 @@ async def test_the_whole_engine_runs_on_a_cluster(cluster: LocalCluster, namespa
         assert shown.returncode == 0 and "completed" in shown.stdout, shown.stderr
         listed = stack.cli("dlq", "list")
         assert listed.returncode == 0, listed.stderr
+        top = stack.cli("top", "--once")
+        assert top.returncode == 0 and "default" in top.stdout, top.stderr
         client = stack.client()
         try:
             for wf_id in ids:
