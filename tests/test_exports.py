@@ -12,6 +12,8 @@ EXPECTED = {
     # flow control (issue 3)
     "BatchContext", "Limit", "RateLimited", "SignalError", "StepBudgetExceededError", "WaitInfo",
     "error_of", "fan_out", "is_timeout", "sleep", "start_child", "wait",
+    # durability and security (issue 7)
+    "OutboundBlockedError", "ReplicationError",
 }  # fmt: skip
 
 

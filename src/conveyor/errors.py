@@ -114,6 +114,27 @@ class SignalError(ConveyorError):
     """A signal could not be delivered (the workflow finished, or bad arguments)."""
 
 
+class OutboundBlockedError(NonRetryableError):
+    """An outbound HTTP request (:mod:`conveyor.outbound`) was refused before connecting:
+    ``host`` resolved to ``address``, which is ``reason`` (loopback, private, link-local,
+    cloud metadata, ...) and not allowed by the policy. A step that raises it fails at once:
+    retrying cannot help."""
+
+    def __init__(self, host: str, port: int, address: str, reason: str) -> None:
+        target = f"{host}:{port}" if address == host else f"{host}:{port} ({address})"
+        super().__init__(
+            f"outbound request to {target} refused: {address} is {reason} (allow it with "
+            "OutboundPolicy(allow_hosts=...) or allow_networks=...)"
+        )
+        self.host = host
+        self.port = port
+        self.address = address
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[type[OutboundBlockedError], tuple[str, int, str, str]]:
+        return type(self), (self.host, self.port, self.address, self.reason)
+
+
 class ScriptCode(IntEnum):
     """Stable result codes returned by the Lua transition scripts."""
 

@@ -19,7 +19,7 @@ from ..errors import ConveyorError, WorkflowFailedError
 from ..scaling.hpa import DEFAULT_BEHAVIOR, default_target
 from ..settings import Settings
 from ..storage.connection import UNAVAILABLE
-from . import observe, scale
+from . import observe, scale, security
 from .output import print_dead_letters, print_status
 
 T = TypeVar("T")
@@ -540,6 +540,7 @@ def dlq_drop(
 # above exist, which that module imports from here
 observe.register(cli)
 scale.register(cli)
+security.register(cli)  # `conveyor acl` (cli/security.py)
 
 
 def run() -> None:
