@@ -105,7 +105,9 @@ local function apply(K, A)
     redis.call('HSET', W.key, 'updated_at', W.now)
     return 0
   end
-  if redis.call('HDEL', W.key, task) == 0 then
+  -- the task and its timer's win mark (claim.lua) go together: the mark exists only while
+  -- the task does, so the count is 0 exactly when the task was not active
+  if redis.call('HDEL', W.key, task, 'k:' .. A[3]) == 0 then
     return 1
   end
   if A[4] ~= '' then

@@ -159,7 +159,7 @@ local function finish(W, status, field, value)
     local drop = {}
     for _, f in ipairs(redis.call('HKEYS', W.key)) do
       local p = string.sub(f, 1, 2)
-      if p == 't:' or p == 'w:' then drop[#drop + 1] = f end
+      if p == 't:' or p == 'w:' or p == 'k:' then drop[#drop + 1] = f end
     end
     hdel_all(W.key, drop)
   end
