@@ -78,13 +78,47 @@ app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
 {{- end -}}
 {{- end -}}
 
-{{/* REDIS_URL: the chart's own Redis when redis.dev.enabled, else redis.url. */}}
+{{/* REDIS_URL: the chart's own Redis when redis.dev.enabled, else redis.url, with the
+query parameters of redis.tls appended (after the URL's own, if it has some). */}}
 {{- define "conveyor.redisUrl" -}}
 {{- if .Values.redis.dev.enabled -}}
 {{- printf "redis://%s:6379/0" (include "conveyor.componentName" (dict "ctx" . "component" "redis")) -}}
 {{- else -}}
-{{- required "redis.url is required unless redis.dev.enabled is true" .Values.redis.url -}}
+{{- $url := required "redis.url is required unless redis.dev.enabled is true" .Values.redis.url -}}
+{{- $query := include "conveyor.redisTlsQuery" . -}}
+{{- if not $query -}}
+{{- $url -}}
+{{- else if not (contains "?" $url) -}}
+{{- printf "%s?%s" $url $query -}}
+{{- else if or (hasSuffix "?" $url) (hasSuffix "&" $url) -}}
+{{- printf "%s%s" $url $query -}}
+{{- else -}}
+{{- printf "%s&%s" $url $query -}}
 {{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The TLS parameters of REDIS_URL when redis.tls.enabled: ssl_ca_certs, ssl_certfile and
+ssl_keyfile, each naming its key's file where the Secret is mounted (redis.tls.mountPath);
+empty otherwise. The schema keeps paths and keys to characters a query needs no escaping for. */}}
+{{- define "conveyor.redisTlsQuery" -}}
+{{- $t := .Values.redis.tls -}}
+{{- $params := list -}}
+{{- if $t.enabled -}}
+{{- range $param, $key := dict "ssl_ca_certs" $t.caKey "ssl_certfile" $t.certKey "ssl_keyfile" $t.keyKey -}}
+{{- if $key -}}
+{{- $params = append $params (printf "%s=%s/%s" $param $t.mountPath $key) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- join "&" $params -}}
+{{- end -}}
+
+{{/* The keys of redis.tls's Secret that are mounted, each once (certKey and keyKey may name
+the same key: a PEM holding the certificate and its key). */}}
+{{- define "conveyor.redisTlsKeys" -}}
+{{- $t := .Values.redis.tls -}}
+{{- toYaml (list $t.caKey $t.certKey $t.keyKey | compact | uniq) -}}
 {{- end -}}
 
 {{/* The backlog per worker pod the autoscaler aims at: autoscaling.targetPerWorker, or 80%
@@ -158,16 +192,43 @@ checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha
 {{- end }}
 {{- end -}}
 
-{{/* The writable /tmp (an emptyDir) and its mount. */}}
-{{- define "conveyor.tmpVolume" -}}
+{{/* The volumes of every Conveyor pod: the writable /tmp (an emptyDir), the Secret of
+redis.tls when enabled (only its named keys, mode 0440: root's and group 10001's, the pods'
+fsGroup, so the non-root user reads them and nobody writes), then extraVolumes. */}}
+{{- define "conveyor.volumes" -}}
 - name: tmp
   emptyDir:
     sizeLimit: {{ .Values.tmpVolume.sizeLimit }}
+{{- $t := .Values.redis.tls }}
+{{- if $t.enabled }}
+- name: redis-tls
+  secret:
+    secretName: {{ $t.existingSecret | quote }}
+    defaultMode: 288 {{- /* 0440 */}}
+    items:
+      {{- range include "conveyor.redisTlsKeys" . | fromYamlArray }}
+      - key: {{ . | quote }}
+        path: {{ . | quote }}
+      {{- end }}
+{{- end }}
+{{- with .Values.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
 {{- end -}}
 
-{{- define "conveyor.tmpMount" -}}
+{{/* Their mounts in every Conveyor container: /tmp, the TLS files read-only at
+redis.tls.mountPath, then extraVolumeMounts. */}}
+{{- define "conveyor.volumeMounts" -}}
 - name: tmp
   mountPath: /tmp
+{{- if .Values.redis.tls.enabled }}
+- name: redis-tls
+  mountPath: {{ .Values.redis.tls.mountPath | quote }}
+  readOnly: true
+{{- end }}
+{{- with .Values.extraVolumeMounts }}
+{{ toYaml . }}
+{{- end }}
 {{- end -}}
 
 {{/* Node selector, tolerations, affinity and spread constraints of one component: .c its
@@ -237,5 +298,57 @@ matchExpressions:
 {{- if and .Values.exporter.queues (not (has $a.queue .Values.exporter.queues)) -}}
 {{- fail (printf "autoscaling.queue %q is not one of exporter.queues: its backlog would never be reported" $a.queue) -}}
 {{- end -}}
+{{- end -}}
+{{- include "conveyor.validateRedisTls" . -}}
+{{- include "conveyor.validateVolumes" . -}}
+{{- end -}}
+
+{{/* redis.tls against redis.url: TLS files only make sense on a TLS connection. */}}
+{{- define "conveyor.validateRedisTls" -}}
+{{- $t := .Values.redis.tls -}}
+{{- if $t.enabled -}}
+{{- if .Values.redis.dev.enabled -}}
+{{- fail "redis.tls.enabled: the dev Redis (redis.dev.enabled) does not serve TLS; turn one of them off" -}}
+{{- end -}}
+{{- $url := .Values.redis.url -}}
+{{- if not (regexMatch "^rediss(\\+sentinel|\\+cluster)?://" $url) -}}
+{{- fail (printf "redis.tls.enabled needs a TLS URL (rediss://, rediss+sentinel:// or rediss+cluster://), but redis.url is %q" $url) -}}
+{{- end -}}
+{{- if not (or $t.caKey $t.certKey) -}}
+{{- fail "redis.tls.enabled with neither redis.tls.caKey nor redis.tls.certKey mounts nothing: set one, or turn redis.tls off (a rediss:// URL alone uses the image's CAs)" -}}
+{{- end -}}
+{{- if and $t.keyKey (not $t.certKey) -}}
+{{- fail (printf "redis.tls.keyKey (%q) is set without redis.tls.certKey: a client key needs its certificate" $t.keyKey) -}}
+{{- end -}}
+{{- range $param, $key := dict "ssl_ca_certs" $t.caKey "ssl_certfile" $t.certKey "ssl_keyfile" $t.keyKey -}}
+{{- if and $key (regexMatch (printf "[?&]%s=" $param) $url) -}}
+{{- fail (printf "redis.url already sets %s, which redis.tls adds (%s/%s): remove it from the URL" $param $t.mountPath $key) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* extraVolumes and extraVolumeMounts: unique names, mounts of declared volumes, and no
+mount path used twice in a container (the API server would refuse the Deployments). */}}
+{{- define "conveyor.validateVolumes" -}}
+{{- $names := list -}}
+{{- range .Values.extraVolumes -}}
+{{- if has .name $names -}}
+{{- fail (printf "extraVolumes: the name %q is used twice" .name) -}}
+{{- end -}}
+{{- $names = append $names .name -}}
+{{- end -}}
+{{- $paths := list "/tmp" -}}
+{{- if .Values.redis.tls.enabled -}}
+{{- $paths = append $paths .Values.redis.tls.mountPath -}}
+{{- end -}}
+{{- range .Values.extraVolumeMounts -}}
+{{- if not (has .name $names) -}}
+{{- fail (printf "extraVolumeMounts: %q mounts the volume %q, which is not one of extraVolumes" .mountPath .name) -}}
+{{- end -}}
+{{- if has (trimSuffix "/" .mountPath) $paths -}}
+{{- fail (printf "extraVolumeMounts: the mount path %q is already used (by /tmp, redis.tls.mountPath or another mount)" .mountPath) -}}
+{{- end -}}
+{{- $paths = append $paths (trimSuffix "/" .mountPath) -}}
 {{- end -}}
 {{- end -}}
