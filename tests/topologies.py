@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
+import redis
+
 from conveyor.embedded import EmbeddedRedis, find_redis_server, free_port
 
 #: How long a node may be unreachable before the others fail it over (Cluster and Sentinel).
@@ -128,6 +130,39 @@ class LocalCluster:
             if len(fields) > 8 and "master" in fields[2] and "fail" not in fields[2]:
                 masters.append(int(fields[1].split("@")[0].rsplit(":", 1)[1]))
         return sorted(masters)
+
+    def node_ids(self) -> dict[int, str]:
+        """Port -> cluster node id, of every live node."""
+        ids = {}
+        port = next(n.port for n in self.nodes if n.process is not None)
+        for line in command(port, "CLUSTER", "NODES").splitlines():
+            fields = line.split()
+            if len(fields) > 2 and "fail" not in fields[2]:
+                ids[int(fields[1].split("@")[0].rsplit(":", 1)[1])] = fields[0]
+        return ids
+
+    def move_slot(self, slot: int, source: int, target: int, batch: int = 10) -> int:
+        """Migrate ``slot`` with its keys from master ``source`` to master ``target`` the
+        way resharding does (IMPORTING/MIGRATING, MIGRATE in small batches, SETSLOT NODE):
+        clients get ASK for keys already moved, then MOVED. Returns the keys moved."""
+        ids = self.node_ids()
+        src, dst = redis.Redis(port=source), redis.Redis(port=target)
+        try:
+            dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", ids[source])
+            src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", ids[target])
+            moved = 0
+            while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, batch):
+                src.execute_command("MIGRATE", "127.0.0.1", target, "", 0, 5000, "KEYS", *keys)
+                moved += len(keys)
+                time.sleep(0.01)  # let clients run into ASK meanwhile
+            for port in self.master_ports():
+                redis.Redis(port=port).execute_command(
+                    "CLUSTER", "SETSLOT", slot, "NODE", ids[target]
+                )
+            return moved
+        finally:
+            src.close()
+            dst.close()
 
     def node(self, port: int) -> EmbeddedRedis:
         return next(n for n in self.nodes if n.port == port)

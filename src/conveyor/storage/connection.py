@@ -36,7 +36,7 @@ from redis.asyncio.sentinel import (
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import (
     BusyLoadingError,
-    ClusterDownError,
+    ClusterError,
     ReadOnlyError,
     ResponseError,
     SlotNotCoveredError,
@@ -67,14 +67,15 @@ BaseParser.EXCEPTION_CLASSES.setdefault("NOREPLICAS", NoReplicasError)
 
 #: Errors that mean "Redis is not reachable right now": callers back off and try again.
 #: Besides lost connections: a server still loading its data, a Cluster without a master for
-#: some slots (CLUSTERDOWN, TRYAGAIN, no node for a slot) and a demoted master (READONLY),
+#: some slots (CLUSTERDOWN, no node for a slot), keys moving between masters (TRYAGAIN, and
+#: redirections that outlast redis-py's retries: "TTL exhausted"), a demoted master (READONLY),
 #: which all end by themselves when a failover completes; and too few replicas: a master's
 #: min-replicas-to-write refusal, or (durability "replicated") no confirmation in time.
 UNAVAILABLE = (
     RedisConnectionError,
     RedisTimeoutError,
     BusyLoadingError,
-    ClusterDownError,
+    ClusterError,
     TryAgainError,
     ReadOnlyError,
     SlotNotCoveredError,

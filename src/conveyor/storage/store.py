@@ -29,7 +29,7 @@ from ..errors import (
 )
 from ..observability.tracing import TRACING
 from ..settings import Settings
-from .connection import RedisClient, is_cluster
+from .connection import UNAVAILABLE, RedisClient, is_cluster
 from .durability import Confirmation, warn_about_server
 from .keys import Keys
 from .records import DeadLetter, StepError, Task, WorkflowStatus, from_ms
@@ -434,8 +434,9 @@ class Store:
     async def commit(self, transitions: list[Transition]) -> list[int | Exception]:
         """Run transitions in one pipeline, batched per partition (one script call for up to
         COMMIT_BATCH of them). Each result is a ScriptCode value, or the error of its call (a
-        script error). A connection error raises: it is then unknown which ran, and since
-        every transition is idempotent the caller simply commits the same transitions again."""
+        script error). A connection error, or any other "unavailable" error of one call,
+        raises: it is then unknown which ran, and since every transition is idempotent the
+        caller simply commits the same transitions again."""
         calls: list[list[Any]] = []
         owners: list[list[int]] = []  # for each call, the transitions it carries
         batches: dict[int, list[int]] = {}
@@ -454,9 +455,13 @@ class Store:
                 calls.append(self.scripts.args("commit", keys, argv))
                 owners.append(chunk)
         results: list[int | Exception] = [0] * len(transitions)
-        for members, reply in zip(
-            owners, await self.scripts.call_many(self.redis, calls, self.confirm), strict=True
-        ):
+        replies = await self.scripts.call_many(self.redis, calls, self.confirm)
+        transient = next((r for r in replies if isinstance(r, UNAVAILABLE)), None)
+        if transient is not None:
+            # a call met a passing condition (a slot moving between Cluster masters, a
+            # failover): raise it, so the whole batch is sent again (repeats are DUPLICATE)
+            raise transient
+        for members, reply in zip(owners, replies, strict=True):
             if isinstance(reply, Exception):
                 for i in members:
                     results[i] = reply
