@@ -11,6 +11,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -42,6 +43,18 @@ def info(port: int, section: str) -> dict[str, str]:
         if sep:
             fields[key] = value
     return fields
+
+
+@dataclass
+class Failover:
+    """One killed master: its port, its successor's, and when (unix seconds) it was killed,
+    a replica took over, and the old master was back as a replica (0: not revived)."""
+
+    old: int
+    new: int
+    killed_at: float
+    promoted_at: float
+    rejoined_at: float = 0.0
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
@@ -167,20 +180,24 @@ class LocalCluster:
     def node(self, port: int) -> EmbeddedRedis:
         return next(n for n in self.nodes if n.port == port)
 
-    def kill_master(self, port: int | None = None) -> int:
+    def kill_master(self, port: int | None = None) -> Failover:
         """SIGKILL a master (the first one when not named); wait until a replica took its
-        slots and the cluster is ok again. Returns the killed port."""
+        slots and the cluster is ok again."""
         victim = port or self.master_ports()[0]
+        before = set(self.master_ports())
+        killed_at = time.time()
         self.node(victim).stop(graceful=False)
         wait_until(
             lambda: victim not in self.master_ports() and self.healthy(),
             30,
             f"a replica to take over from {victim}",
         )
-        return victim
+        (new,) = set(self.master_ports()) - before
+        return Failover(victim, new, killed_at, time.time())
 
-    def revive(self, port: int) -> None:
-        """Restart a killed node: it rejoins as a replica of the master that replaced it."""
+    def revive(self, port: int) -> float:
+        """Restart a killed node: it rejoins as a replica of the master that replaced it.
+        Returns when it was in sync (unix seconds)."""
         self.node(port).start()
         wait_until(
             lambda: (
@@ -190,6 +207,7 @@ class LocalCluster:
             30,
             f"node {port} to rejoin",
         )
+        return time.time()
 
     def close(self) -> None:
         for node in self.nodes:
@@ -298,6 +316,16 @@ class SentinelGroup:
         wait_until(self._sentinels_agree, 15, "the sentinels to find each other")
         return self
 
+    def master_ports(self) -> list[int | None]:
+        """The master's port as each Sentinel reports it (None: no answer)."""
+        ports: list[int | None] = []
+        for sentinel in self.sentinels:
+            reply = command(
+                sentinel.port, "SENTINEL", "get-master-addr-by-name", self.MASTER_NAME
+            ).split()
+            ports.append(int(reply[1]) if len(reply) == 2 else None)
+        return ports
+
     def master_port(self) -> int:
         """The master's port as the Sentinels report it (the first one that answers)."""
         for sentinel in self.sentinels:
@@ -321,25 +349,37 @@ class SentinelGroup:
     def server(self, port: int) -> EmbeddedRedis:
         return next(s for s in self.servers if s.port == port)
 
-    def failover(self, *, revive: bool = True) -> tuple[int, int]:
+    def failover(self, *, revive: bool = True) -> Failover:
         """SIGKILL the master, wait until the Sentinels promoted a replica that accepts
-        writes, then (``revive``) restart the old master, which rejoins as a replica.
-        Returns (old port, new port)."""
+        writes, then (``revive``) restart the old master, which rejoins as a replica."""
         old = self.master_port()
+        killed_at = time.time()
         self.server(old).stop(graceful=False)
         wait_until(lambda: self.master_port() != old, 30, "the sentinels to promote a replica")
         new = self.master_port()
-        wait_until(lambda: info(new, "replication").get("role") == "master", 30, "the new master")
+        wait_until(
+            lambda: info(new, "replication").get("role") == "master", 30, "the new master"
+        )
+        done = Failover(old, new, killed_at, time.time())
         if revive:
-            server = self.server(old)
-            server.start()
+            # Restart it only once every Sentinel knows of the promotion (they learn it from
+            # each other within seconds). Sooner, a Sentinel that still names the old master
+            # may send clients to it while it runs as a master again, and what they write
+            # there is discarded when it is made a replica (see docs/operations.md).
+            wait_until(
+                lambda: self.master_ports() == [new] * len(self.sentinels),
+                30,
+                "every sentinel to know the new master",
+            )
+            self.server(old).start()
             # the sentinels reconfigure it as a replica of the new master
             wait_until(
                 lambda: info(old, "replication").get("master_link_status") == "up",
-                30,
+                60,
                 f"{old} to rejoin as a replica",
             )
-        return old, new
+            done.rejoined_at = time.time()
+        return done
 
     def close(self) -> None:
         for sentinel in self.sentinels:

@@ -173,7 +173,7 @@ async def start_retrying(client: AsyncClient, key: str, value: int, deadline: fl
 
 
 def kill_and_revive(cluster: LocalCluster) -> None:
-    cluster.revive(cluster.kill_master())
+    cluster.revive(cluster.kill_master().old)
 
 
 async def test_a_master_failover_in_replicated_mode(cluster: LocalCluster, namespace: str) -> None:

@@ -88,7 +88,7 @@ async def test_worker_api_and_client_follow_a_failover(
             while not failover.done() or i < 90:
                 ids.append(await start_over_http(http, i, deadline))
                 i += 1
-            old, new = await failover
+            done = await failover
             assert None not in ids, "a start was never acknowledged"
             for n, wf_id in enumerate(ids):
                 response = await http.get(f"/v1/workflows/{wf_id}/result", params={"wait": 60})
@@ -104,4 +104,4 @@ async def test_worker_api_and_client_follow_a_failover(
             await client.close()
         assert all(stack.alive().values()), stack.output
         assert {name: p.pid for name, p in stack.processes.items()} == pids
-    assert old != new
+    assert done.old != done.new

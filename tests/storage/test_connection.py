@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-from redis.asyncio import SSLConnection
 from redis.exceptions import AuthenticationError
 
 from conveyor import ConfigurationError
@@ -13,6 +12,7 @@ from conveyor.storage.connection import (
     HiredisConnection,
     HiredisSentinelConnection,
     HiredisSentinelSSLConnection,
+    HiredisSSLConnection,
     RedisTarget,
     connect,
     is_cluster,
@@ -99,7 +99,8 @@ def test_cluster_and_tls_url_forms() -> None:
     client = connect("rediss+cluster://a:7000?ssl_ca_certs=/ca.pem")
     assert is_cluster(client)
     kwargs = client.nodes_manager.connection_kwargs
-    assert kwargs["connection_class"] is SSLConnection and kwargs["ssl_ca_certs"] == "/ca.pem"
+    assert kwargs["connection_class"] is HiredisSSLConnection  # TLS, packed by hiredis
+    assert kwargs["ssl_ca_certs"] == "/ca.pem"
     assert kwargs["socket_timeout"] is None  # the same no-per-command-timeout rule
 
 

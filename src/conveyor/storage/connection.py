@@ -37,6 +37,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import (
     BusyLoadingError,
     ClusterError,
+    OutOfMemoryError,
     ReadOnlyError,
     ResponseError,
     SlotNotCoveredError,
@@ -69,6 +70,7 @@ BaseParser.EXCEPTION_CLASSES.setdefault("NOREPLICAS", NoReplicasError)
 #: Besides lost connections: a server still loading its data, a Cluster without a master for
 #: some slots (CLUSTERDOWN, no node for a slot), keys moving between masters (TRYAGAIN, and
 #: redirections that outlast redis-py's retries: "TTL exhausted"), a demoted master (READONLY),
+#: a full Redis (OOM under maxmemory-policy noeviction: it passes when memory frees),
 #: which all end by themselves when a failover completes; and too few replicas: a master's
 #: min-replicas-to-write refusal, or (durability "replicated") no confirmation in time.
 UNAVAILABLE = (
@@ -79,6 +81,7 @@ UNAVAILABLE = (
     TryAgainError,
     ReadOnlyError,
     SlotNotCoveredError,
+    OutOfMemoryError,
     NoReplicasError,
     ReplicationError,
     ConnectionError,

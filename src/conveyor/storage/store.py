@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from redis.exceptions import ResponseError
+from redis.exceptions import OutOfMemoryError, ResponseError
 
 from .. import codec
 from ..errors import (
@@ -232,7 +232,10 @@ class Store:
         for chunk, reply in zip(
             owners, await self.scripts.call_many(self.redis, calls, self.confirm), strict=True
         ):
-            if isinstance(reply, ResponseError) and str(reply).startswith("OOM"):
+            # redis-py raises OutOfMemoryError (without the "OOM" prefix) for "-OOM ..."
+            if isinstance(reply, OutOfMemoryError) or (
+                isinstance(reply, ResponseError) and str(reply).startswith("OOM")
+            ):
                 for i in chunk:
                     out[i] = BackPressureError(
                         "Redis is out of memory (maxmemory reached): start refused; retry later",
