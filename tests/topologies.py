@@ -357,9 +357,7 @@ class SentinelGroup:
         self.server(old).stop(graceful=False)
         wait_until(lambda: self.master_port() != old, 30, "the sentinels to promote a replica")
         new = self.master_port()
-        wait_until(
-            lambda: info(new, "replication").get("role") == "master", 30, "the new master"
-        )
+        wait_until(lambda: info(new, "replication").get("role") == "master", 30, "the new master")
         done = Failover(old, new, killed_at, time.time())
         if revive:
             # Restart it only once every Sentinel knows of the promotion (they learn it from

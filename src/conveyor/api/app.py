@@ -14,12 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
+from redis.exceptions import OutOfMemoryError
 from starlette.exceptions import HTTPException
 from starlette.responses import PlainTextResponse, Response
 
@@ -27,6 +29,7 @@ from .. import __version__
 from ..app import App
 from ..errors import (
     BackPressureError,
+    ConfigurationError,
     ResultTimeoutError,
 )
 from ..observability.exporter import queue_metrics_response
@@ -43,7 +46,7 @@ from .dispatcher import (
     _is_stream_id,
     _unavailable,
 )
-from .middleware import RequestHygiene
+from .middleware import REQUEST_TIMEOUT, RequestHygiene
 from .models import (
     _ID,
     _NAME,
@@ -69,6 +72,7 @@ from .models import (
 from .problems import (
     Problem,
     on_http_error,
+    on_out_of_memory,
     on_problem,
     on_validation_error,
     problem_response,
@@ -81,9 +85,29 @@ from .telemetry import STREAMING, add_tracing, native_telemetry_off
 log = logging.getLogger("conveyor.api")
 
 
-def create_app(app: App, settings: ApiSettings | None = None) -> FastAPI:
-    """The ASGI app serving ``app``'s workflows (see docs/api.md)."""
+def request_timeout_from_env() -> float | None:
+    """CONVEYOR_API_REQUEST_TIMEOUT: seconds a request may wait for its answer (default 10;
+    0 turns the bound off)."""
+    raw = os.environ.get("CONVEYOR_API_REQUEST_TIMEOUT", "").strip()
+    try:
+        seconds = float(raw) if raw else REQUEST_TIMEOUT
+    except ValueError:
+        raise ConfigurationError(
+            f"CONVEYOR_API_REQUEST_TIMEOUT must be a number of seconds, not {raw!r}"
+        ) from None
+    if not seconds >= 0:
+        raise ConfigurationError(f"CONVEYOR_API_REQUEST_TIMEOUT must be >= 0, not {raw!r}")
+    return seconds or None
+
+
+def create_app(
+    app: App, settings: ApiSettings | None = None, *, request_timeout: float | None = None
+) -> FastAPI:
+    """The ASGI app serving ``app``'s workflows (see docs/api.md). A request whose answer has
+    not started within ``request_timeout`` seconds (default: CONVEYOR_API_REQUEST_TIMEOUT, else
+    10; a long poll adds its wait) is answered 503."""
     settings = settings or ApiSettings.from_env()
+    timeout = request_timeout if request_timeout is not None else request_timeout_from_env()
     dispatcher = Dispatcher(app, settings)
 
     @contextlib.asynccontextmanager
@@ -119,12 +143,16 @@ def create_app(app: App, settings: ApiSettings | None = None) -> FastAPI:
         api.add_exception_handler(error, _engine_error(status, kind))
     for error in UNAVAILABLE:
         api.add_exception_handler(error, _unavailable)
+    api.add_exception_handler(OutOfMemoryError, on_out_of_memory)
     api.add_exception_handler(Exception, _internal)
     api.include_router(_routes(dispatcher))
     # the busiest route, served before routing (see FastSubmit); the FastAPI route of the
     # same path documents it
     api.add_middleware(FastSubmit, dispatcher=dispatcher)
-    api.add_middleware(RequestHygiene, max_body=settings.max_body, metrics=dispatcher.http_metrics)
+    api.add_middleware(
+        RequestHygiene, max_body=settings.max_body, metrics=dispatcher.http_metrics,
+        timeout=timeout, max_wait=settings.max_wait,
+    )  # fmt: skip
     add_tracing(api)  # outermost: its span is current while a request starts workflows
     return api
 

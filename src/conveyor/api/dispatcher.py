@@ -13,6 +13,7 @@ import orjson
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
+from redis.exceptions import OutOfMemoryError
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -38,6 +39,7 @@ from .middleware import BodyTooLarge
 from .models import _NAME, JSON, _json
 from .problems import (
     Problem,
+    on_out_of_memory,
     on_problem,
     on_validation_error,
     problem_response,
@@ -366,6 +368,8 @@ class FastSubmit:
         for error, handler in self.errors:
             if isinstance(exc, error):
                 return await handler(request, exc)  # type: ignore[no-any-return]
+        if isinstance(exc, OutOfMemoryError):
+            return await on_out_of_memory(request, exc)
         if isinstance(exc, UNAVAILABLE):
             return await _unavailable(request, exc)
         if isinstance(exc, BodyTooLarge):

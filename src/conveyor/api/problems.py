@@ -99,6 +99,15 @@ async def on_validation_error(request: Request, exc: Exception) -> Response:
     )  # fmt: skip
 
 
+async def on_out_of_memory(request: Request, exc: Exception) -> Response:
+    """Redis refused a write for memory (maxmemory reached, policy noeviction): the server is
+    there but takes no writes until memory frees, so 503 with Retry-After, not a 500."""
+    return problem_response(
+        503, "Redis is out of memory (maxmemory reached); retry later", kind="out-of-memory",
+        headers={"Retry-After": "5"}, instance=request.url.path, retry_after=5,
+    )  # fmt: skip
+
+
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` entries for these error statuses (problem details)."""
     return {
