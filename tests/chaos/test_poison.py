@@ -35,10 +35,6 @@ ERRORS = {
 MALFORMED = sized(5, 10)
 WORKERS = sized(2, 4)
 MAX_DROP = 0.10
-COLLATERAL = (
-    "healthy tasks taken over together with an os._exit step die with it until they pass "
-    "max_deliveries and are dead-lettered (Store.reclaim claims them together)"
-)
 
 pytestmark = pytest.mark.timeout(sized(150, 1800))
 
@@ -190,9 +186,10 @@ async def test_poison_is_dead_lettered_and_healthy_work_flows(lab: Lab) -> None:
     # in a crashing worker grows with each crash, so entries taken over together with the
     # poison step share its fate (see the report of issue 7, part 6)
     collateral = mixed["collateral"]
-    report.require("collateral", collateral, "== 0", collateral == 0, known=COLLATERAL)
-    report.require("lost", verdict.lost - collateral, "== 0 (besides collateral)",
-                   verdict.lost == collateral)  # fmt: skip
+    # healthy tasks that shared a worker with the os._exit step: taken over with it, they
+    # must not follow it to the dead-letter stream (a worker runs one suspect at a time)
+    report.require("collateral", collateral, "== 0", collateral == 0)
+    report.require("lost", verdict.lost, "== 0", verdict.lost == 0)
     for name in ("duplicate_commits", "unexpected", "wrong_results", "errors"):
         value = getattr(verdict, name)
         report.require(name, value, "== 0", value == 0)
@@ -203,14 +200,15 @@ async def test_poison_is_dead_lettered_and_healthy_work_flows(lab: Lab) -> None:
         report.require(f"{name}.dead_letters", got["dead_letters"], f"== {count}",
                        got["dead_letters"] == count)  # fmt: skip
         # exits: run once per delivery up to the limit, then dead-lettered unrun; the others
-        # run their attempts (a crash nearby may add one)
+        # run their attempts, give or take one: a crash nearby may add a run, and a crash of
+        # its worker before the step started counts as an attempt (a delivery is an attempt)
         runs = got["runs"]
         if name == "exits":
             report.require(f"{name}.runs", runs, f"{{{ATTEMPTS[name]}: {count}}}",
                            runs == {ATTEMPTS[name]: count})  # fmt: skip
         else:
-            report.require(f"{name}.runs", runs, f"each >= {ATTEMPTS[name]}",
-                           min(runs) >= ATTEMPTS[name])  # fmt: skip
+            report.require(f"{name}.runs", runs, f"each >= {ATTEMPTS[name] - 1}",
+                           min(runs) >= ATTEMPTS[name] - 1)  # fmt: skip
     report.require("malformed.dead_letters", found["malformed"]["dead_letters"],
                    f"== {MALFORMED}", found["malformed"]["dead_letters"] == MALFORMED)  # fmt: skip
     expected_exits = POISON["exits"] * ATTEMPTS["exits"]

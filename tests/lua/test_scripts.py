@@ -299,22 +299,38 @@ async def test_reclaim_takes_idle_entries_with_delivery_counts(store: Store) -> 
     assert deliveries == 3
 
 
-async def test_reclaim_scan_goes_on_past_live_entries(store: Store) -> None:
-    """XAUTOCLAIM examines a bounded slice of the pending list per call; with a cursor the
-    scan continues, so a stalled entry behind many fresh ones is reached."""
+async def test_reclaim_finds_a_stalled_entry_behind_live_ones(store: Store) -> None:
+    """XPENDING IDLE skips the live entries on the server: a stalled entry behind many
+    fresh ones is found in one call, whatever the count asked for."""
     stream = store.keys.stream(0, "default")
     ids = [await store.redis.xadd(stream, {"n": i}) for i in range(40)]
     await store.redis.xreadgroup(GROUP, "alive", {stream: ">"}, count=39)
     await store.redis.xreadgroup(GROUP, "dead", {stream: ">"}, count=1)  # ids[39]: stalls
     await asyncio.sleep(0.1)
     await store.redis.xclaim(stream, GROUP, "alive", 0, ids[:39], justid=True)  # renewed
-    cursors: dict[str, bytes] = {}
-    taken: list[bytes] = []
-    calls = 0
-    while not taken and calls < 10:  # COUNT 1 examines at most 10 pending entries a call
-        calls += 1
-        taken += [eid for _, eid, _, _ in await store.reclaim([(stream, 1)], "c9", 50, cursors)]
-    assert taken == [ids[39]] and calls == 4
+    taken = [eid for _, eid, _, _ in await store.reclaim([(stream, 1)], "c9", 50)]
+    assert taken == [ids[39]]
+
+
+async def test_reclaim_takes_one_suspect_at_a_time(store: Store) -> None:
+    """Entries delivered more than once (their consumer died holding them) are taken at most
+    ``suspects`` at a time; first deliveries and entries past the limit are not bounded."""
+    stream = store.keys.stream(0, "default")
+    ids = [await store.redis.xadd(stream, {"n": i}) for i in range(6)]
+    await store.redis.xreadgroup(GROUP, "dead", {stream: ">"}, count=6)
+    # ids[0..2] were delivered twice, ids[5] more than max_deliveries times
+    await store.redis.xclaim(stream, GROUP, "dead", 0, ids[:3])
+    for _ in range(store.settings.max_deliveries):
+        await store.redis.xclaim(stream, GROUP, "dead", 0, [ids[5]])
+    await asyncio.sleep(0.05)
+    taken = await store.reclaim([(stream, 10)], "c9", 20, suspects=1)
+    got = {eid: deliveries for _, eid, _, deliveries in taken}
+    past = store.settings.max_deliveries + 2
+    assert got == {ids[0]: 3, ids[3]: 2, ids[4]: 2, ids[5]: past}
+    # taken just now by c9, so not idle: with no suspect allowed, nothing else is taken
+    assert await store.reclaim([(stream, 10)], "c8", 20, suspects=0) == []
+    rest = await store.reclaim([(stream, 10)], "c7", 0)  # no bound: the other suspects too
+    assert {ids[1], ids[2]} <= {eid for _, eid, _, _ in rest}
 
 
 async def test_replay_codes_and_success(store: Store, namespace: str) -> None:

@@ -337,47 +337,75 @@ class Store:
         plan: Sequence[tuple[str, int]],
         consumer: str,
         min_idle_ms: int,
-        cursors: dict[str, bytes] | None = None,
+        *,
+        suspects: int | None = None,
+        skipped: list[int] | None = None,
     ) -> list[tuple[str, bytes, dict[bytes, bytes], int]]:
         """Take over entries idle longer than ``min_idle_ms`` (their consumer is presumed dead),
-        at most ``count`` from each ``(stream, count)`` of ``plan``. Two pipelined round trips.
+        at most ``count`` from each ``(stream, count)`` of ``plan``. Two pipelined round trips:
+        ``XPENDING … IDLE`` lists the idle entries with their delivery counts (Redis skips
+        the live ones itself), then ``XCLAIM`` (with the same minimum idle time, so an entry
+        another worker took meanwhile is left alone) takes the chosen ones.
 
-        ``cursors`` (stream -> next id) carries each stream's scan position from call to call:
-        XAUTOCLAIM looks at a bounded slice of the pending list per call, so a scan that
-        always restarted at 0-0 would never reach entries behind many live ones.
+        ``suspects`` bounds the entries taken that were already delivered more than once:
+        they outlived a consumer that died while holding them, and may be what killed it. A
+        worker that runs at most one of them at a time keeps a step that crashes its process
+        from taking the healthy steps around it along, delivery after delivery, until those
+        too are dead-lettered. None: no bound. ``skipped`` (a list) gets the number of
+        suspects left for later appended.
 
         Returns (stream, id, fields, deliveries) for each entry taken; entries deleted while
-        pending (Redis 6.2 reports them with no fields) are acknowledged and skipped.
+        pending (Redis 6.2 claims them with no fields) are acknowledged and skipped.
         """
         group = self.settings.group
-        cursors = cursors if cursors is not None else {}
         pipe = self.redis.pipeline(transaction=False)
         for stream, count in plan:
-            start = cursors.get(stream, b"0-0")
-            pipe.xautoclaim(stream, group, consumer, min_idle_ms, start, count=count)
-        claims = await pipe.execute()
-        taken: list[tuple[str, list[tuple[bytes, dict[bytes, bytes]]]]] = []
-        pipe = self.redis.pipeline(transaction=False)
-        for (stream, _), result in zip(plan, claims, strict=True):
-            cursors[stream] = result[0]
-            claimed = [(eid, fields) for eid, fields in result[1] if eid is not None]
-            gone = [eid for eid, fields in claimed if not fields]
-            live = [(eid, fields) for eid, fields in claimed if fields]
-            if gone:
-                pipe.xack(stream, group, *gone)
-            if live:
-                taken.append((stream, live))
-                pipe.xpending_range(
-                    stream, group, min=live[0][0], max=live[-1][0],
-                    count=len(live) + 1000, consumername=consumer,
-                )  # fmt: skip
-        if not len(pipe):
+            # a few more than wanted: suspects among them do not hide first-time orphans
+            pipe.xpending_range(stream, group, "-", "+", count + 8, idle=min_idle_ms)
+        listed = await pipe.execute()
+        left = suspects
+        held_back = 0
+        chosen: list[tuple[str, list[bytes], dict[bytes, int]]] = []
+        for (stream, count), pending in zip(plan, listed, strict=True):
+            ids: list[bytes] = []
+            counts: dict[bytes, int] = {}
+            for p in pending:
+                if len(ids) >= count:
+                    break
+                delivered = int(p["times_delivered"])
+                if delivered > 1 and delivered <= self.settings.max_deliveries:
+                    if left is not None and left <= 0:
+                        held_back += 1
+                        continue  # past its limit it is dead-lettered unrun: no risk
+                    if left is not None:
+                        left -= 1
+                ids.append(p["message_id"])
+                counts[p["message_id"]] = delivered + 1
+            if ids:
+                chosen.append((stream, ids, counts))
+        if skipped is not None:
+            skipped.append(held_back)
+        if not chosen:
             return []
-        replies = [r for r in await pipe.execute() if isinstance(r, list)]
+        pipe = self.redis.pipeline(transaction=False)
+        for stream, ids, _ in chosen:
+            pipe.xclaim(stream, group, consumer, min_idle_ms, ids)
         out: list[tuple[str, bytes, dict[bytes, bytes], int]] = []
-        for (stream, live), pending in zip(taken, replies, strict=True):
-            deliveries = {p["message_id"]: int(p["times_delivered"]) for p in pending}
-            out.extend((stream, eid, fields, deliveries.get(eid, 1)) for eid, fields in live)
+        gone: list[tuple[str, list[bytes]]] = []
+        for (stream, _, counts), claimed in zip(chosen, await pipe.execute(), strict=True):
+            deleted = [eid for eid, fields in claimed if eid is not None and not fields]
+            if deleted:
+                gone.append((stream, deleted))
+            out.extend(
+                (stream, eid, fields, counts.get(eid, 2))
+                for eid, fields in claimed
+                if eid is not None and fields
+            )
+        if gone:
+            pipe = self.redis.pipeline(transaction=False)
+            for stream, ids in gone:
+                pipe.xack(stream, group, *ids)
+            await pipe.execute()
         return out
 
     async def heartbeat(self, consumer: str, entries: dict[str, list[bytes]]) -> list[bytes]:

@@ -113,7 +113,7 @@ class Worker:
             self._setup,
         )
         self.reclaimer = Reclaimer(
-            self.store, self.name, self.streams, self.capacity, self._dispatch
+            self.store, self.name, self.streams, self.capacity, self._dispatch, self.inflight
         )
         self.promoter = Promoter(self.store, self.queues, promote_interval)
         self.lease = LeaseKeeper(
@@ -218,11 +218,7 @@ class Worker:
         )
         self._loops = [
             asyncio.create_task(self.promoter.run(stop), name="conveyor-promoter"),
-            asyncio.create_task(
-                every(
-                    self.reclaim_interval, "reclaiming stalled tasks", self.reclaimer.reclaim, stop
-                )
-            ),
+            asyncio.create_task(self.reclaimer.run(self.reclaim_interval, stop)),
             asyncio.create_task(every(self.trim_interval, "trimming streams", self._trim, stop)),
         ]
 
