@@ -9,6 +9,8 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -29,14 +31,14 @@ class Coalescer(Generic[T, R]):
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self.pending.append((item, future))
         if not self.busy:
-            await self._send_pending()  # no extra hop for a lone call
+            await self._send_pending(future)  # no extra hop for a lone call
         return await future
 
     async def _flush(self) -> None:
         while self.pending and not self.busy:
             await self._send_pending()
 
-    async def _send_pending(self) -> None:
+    async def _send_pending(self, own: asyncio.Future[R] | None = None) -> None:
         self.busy = True
         batch, self.pending = self.pending[:MAX_BATCH], self.pending[MAX_BATCH:]
         try:
@@ -46,6 +48,19 @@ class Coalescer(Generic[T, R]):
                 if not future.done():
                     future.set_exception(exc)
             return
+        except BaseException:
+            # The sending caller was cancelled (a timeout around its call): its own future
+            # goes with it, but the others of the batch must not wait forever. Whether the
+            # pipeline ran is unknown, as after a dropped connection: the same error, which
+            # callers retry (a start with its idempotency key runs once).
+            for _, future in batch:
+                if future is own:
+                    future.cancel()
+                elif not future.done():
+                    future.set_exception(
+                        RedisConnectionError("the call was interrupted: its result is unknown")
+                    )
+            raise
         finally:
             self.busy = False
             # calls that arrived meanwhile: one task sends them (the callers just wait)
