@@ -198,12 +198,18 @@ class AsyncClient:
         ]
         out: list[str | BackPressureError] = []
         for start in range(0, len(requests), START_CHUNK):
-            for result in await self.store.start_many(requests[start : start + START_CHUNK]):
-                out.append(result if isinstance(result, BackPressureError) else result[0])
+            results = await self.store.start_many(requests[start : start + START_CHUNK])
+            for result in results:  # an error of one call fails the batch: resending it
+                if isinstance(result, Exception) and not isinstance(result, BackPressureError):
+                    raise result  # (same key) starts nothing twice
+            for result in results:
                 if isinstance(result, BackPressureError):
+                    out.append(result)
                     count_refused(workflow, "backpressure")
-                elif result[1]:
-                    count_started(workflow)
+                elif not isinstance(result, Exception):
+                    out.append(result[0])
+                    if result[1]:
+                        count_started(workflow)
         return out
 
     async def _check_partitions(self) -> None:

@@ -10,6 +10,7 @@ from unittest.mock import ANY
 
 import pytest
 import redis.asyncio as aredis
+from redis.exceptions import ResponseError
 
 from conveyor import BackPressureError, ReplayError, Settings, WorkflowNotFoundError, codec
 from conveyor.errors import DeadLetterNotFoundError, ScriptCode
@@ -447,3 +448,19 @@ async def test_complete_batch_mixes_outcomes_and_partitions(store: Store, namesp
     # odd tasks finished; even ones moved on to "b", but task 0 had failed first
     assert statuses.count("failed") == 1 and statuses.count("completed") == 6
     assert statuses.count("running") == 5
+
+
+async def test_a_failed_partition_does_not_fail_the_starts_of_the_others(store: Store) -> None:
+    """Starts of several partitions go out in one pipeline: a call that fails (here: the
+    partition's stream is not a stream) fails only its own starts; the others are written
+    and reported as started, not as errors."""
+    candidates = [
+        store.start_request("w", "a", "default", 1, idempotency_key=f"k{i}") for i in range(50)
+    ]
+    requests = [next(r for r in candidates if r.partition == p) for p in (0, 1)]
+    await store.redis.delete(store.keys.stream(1, "default"))
+    await store.redis.set(store.keys.stream(1, "default"), "not a stream")
+    ok, failed = await store.start_many(requests)
+    assert ok == (requests[0].workflow_id, True)
+    assert isinstance(failed, ResponseError) and "WRONGTYPE" in str(failed)
+    assert await store.get_status(requests[0].workflow_id) == "running"

@@ -210,12 +210,11 @@ class Store:
             raise outcome
         return outcome
 
-    async def start_many(
-        self, requests: list[StartRequest]
-    ) -> list[tuple[str, bool] | BackPressureError]:
+    async def start_many(self, requests: list[StartRequest]) -> list[tuple[str, bool] | Exception]:
         """Run starts in one pipeline: one script call per partition for up to START_BATCH
-        of them. Each result is (id, created) or the BackPressureError of that start (its
-        queue is full, or Redis is out of memory); other errors raise."""
+        of them. Each result is (id, created), the BackPressureError of that start (its
+        queue is full, or Redis is out of memory), or the error of its script call: a call
+        that failed does not fail the starts of other partitions, which were written."""
         by_partition: dict[int, list[int]] = {}
         for i, request in enumerate(requests):
             by_partition.setdefault(request.partition, []).append(i)
@@ -228,7 +227,7 @@ class Store:
                 argv = [a for i in chunk for a in requests[i].argv]
                 calls.append(self.scripts.args("start", keys, argv))
                 owners.append(chunk)
-        out: list[tuple[str, bool] | BackPressureError | None] = [None] * len(requests)
+        out: list[tuple[str, bool] | Exception | None] = [None] * len(requests)
         for chunk, reply in zip(
             owners, await self.scripts.call_many(self.redis, calls, self.confirm), strict=True
         ):
@@ -243,7 +242,9 @@ class Store:
                     )
                 continue
             if isinstance(reply, Exception):
-                raise reply
+                for i in chunk:
+                    out[i] = reply
+                continue
             for i, (code, detail) in zip(chunk, reply, strict=True):
                 request = requests[i]
                 if code == ScriptCode.BACKPRESSURE:
