@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 import redis
 
@@ -81,7 +82,29 @@ def cluster_args() -> list[str]:
     ]  # fmt: skip
 
 
-class LocalCluster:
+class Topology:
+    """Start on ``with``, close (every process, and the temporary folder) on leaving it."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class LocalCluster(Topology):
     """``with LocalCluster(tmp) as c: c.url`` is ``redis+cluster://`` with every node."""
 
     def __init__(self, root: Path | None = None, *, masters: int = 3, appendonly: bool = True):
@@ -105,7 +128,7 @@ class LocalCluster:
     def url(self) -> str:
         return "redis+cluster://" + ",".join(self.addresses)
 
-    def start(self) -> LocalCluster:
+    def start(self) -> Self:
         for node in self.nodes:
             node.start()
         cli = shutil.which("redis-cli") or str(find_redis_server().with_name("redis-cli"))
@@ -215,18 +238,6 @@ class LocalCluster:
         if self._tmp:
             shutil.rmtree(self._tmp, ignore_errors=True)
 
-    def __enter__(self) -> LocalCluster:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
 
 def info_ok(text: str) -> bool:
     return "cluster_state:ok" in text
@@ -274,7 +285,7 @@ def _answers(port: int) -> bool:
         return s.recv(16).startswith(b"+PONG")
 
 
-class SentinelGroup:
+class SentinelGroup(Topology):
     """A master, ``replicas`` replicas and 3 Sentinels (quorum 2). ``url`` is the
     ``redis+sentinel://`` URL of the group; :meth:`failover` kills the current master."""
 
@@ -294,7 +305,7 @@ class SentinelGroup:
         hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
         return f"redis+sentinel://{hosts}/{self.MASTER_NAME}"
 
-    def start(self) -> SentinelGroup:
+    def start(self) -> Self:
         master, *replicas = self.servers
         master.start()
         for replica in replicas:
@@ -386,15 +397,3 @@ class SentinelGroup:
             server.close()
         if self._tmp:
             shutil.rmtree(self._tmp, ignore_errors=True)
-
-    def __enter__(self) -> SentinelGroup:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
