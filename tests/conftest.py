@@ -4,6 +4,8 @@ namespace per test so tests never see each other's keys (no FLUSHALL needed)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -99,3 +101,16 @@ async def drain(app: App, **options: Any) -> Worker:
     worker = Worker(app, block_ms=50, promote_interval=0.02, **options)
     await worker.run(until_idle=True)
     return worker
+
+
+@contextlib.asynccontextmanager
+async def running(app: App, **options: Any) -> AsyncIterator[Worker]:
+    """A worker serving ``app`` in the background for the duration of the block."""
+    worker = Worker(app, block_ms=50, promote_interval=0.02, **options)
+    task = asyncio.create_task(worker.run())
+    try:
+        await worker.start()
+        yield worker
+    finally:
+        worker.request_stop()
+        await task

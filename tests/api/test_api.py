@@ -11,7 +11,7 @@ import json
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -23,6 +23,7 @@ from conveyor import App, AsyncClient, Worker
 from conveyor.embedded import EmbeddedRedis
 from tests.api.conftest import TOKENS, ApiServer, start_api, stop_api
 from tests.apps import api_app
+from tests.conftest import running as run_worker
 
 MakeApi = Callable[..., ApiServer]
 REQUEST_ID = "req-7f3a.checkout:42"
@@ -50,17 +51,9 @@ def engine(server: ApiServer) -> App:
     )
 
 
-@contextlib.asynccontextmanager
-async def running(server: ApiServer) -> AsyncIterator[Worker]:
+def running(server: ApiServer) -> contextlib.AbstractAsyncContextManager[Worker]:
     """A worker serving the API's namespace in the background for the block."""
-    worker = Worker(engine(server), block_ms=50, promote_interval=0.02, trim_interval=0.05)
-    task = asyncio.create_task(worker.run())
-    try:
-        await worker.start()
-        yield worker
-    finally:
-        worker.request_stop()
-        await task
+    return run_worker(engine(server), trim_interval=0.05)
 
 
 def aclient(server: ApiServer, who: str | None = "admin") -> httpx.AsyncClient:

@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from conveyor import App, Worker
+from conveyor import App
 from conveyor.embedded import EmbeddedRedis, server_version
 from conveyor.storage.acl import acl_setuser, parse_version
 from tests.conftest import SERVERS, VERSION_IDS, VERSIONS
@@ -130,19 +130,6 @@ def app_for(base: App, url: str, namespace: str, **settings: Any) -> App:
         namespace=namespace,
         **{"partitions": 4, "visibility_timeout": 2.0, "max_deliveries": 3, **settings},
     )
-
-
-@contextlib.asynccontextmanager
-async def running(app: App, **options: Any) -> AsyncIterator[Worker]:
-    """A worker serving ``app`` in the background for the duration of the block."""
-    worker = Worker(app, block_ms=50, promote_interval=0.02, **options)
-    task = asyncio.create_task(worker.run())
-    try:
-        await worker.start()
-        yield worker
-    finally:
-        worker.request_stop()
-        await task
 
 
 async def until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "") -> None:

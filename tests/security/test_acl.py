@@ -38,7 +38,7 @@ from conveyor.storage.acl import (
 )
 from conveyor.storage.connection import connect
 from conveyor.storage.store import Store
-from tests.conftest import SERVERS
+from tests.conftest import SERVERS, running
 from tests.processes import ROOT, spawn, stop, wait_http
 from tests.security.apps import app as security_app
 from tests.topologies import LocalCluster
@@ -49,7 +49,6 @@ from .conftest import (
     AclUser,
     admin_of,
     app_for,
-    running,
     until,
     version_of,
 )

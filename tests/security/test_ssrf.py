@@ -31,8 +31,7 @@ from conveyor.outbound import (
     outbound_client,
     outbound_sync_client,
 )
-
-from .conftest import running
+from tests.conftest import running
 
 # -- real servers -------------------------------------------------------------------------------
 

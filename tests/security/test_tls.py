@@ -33,11 +33,11 @@ from conveyor.api.settings import hash_token
 from conveyor.cli.main import cli
 from conveyor.embedded import free_port
 from conveyor.storage.connection import connect
-from tests.conftest import SERVERS
+from tests.conftest import SERVERS, running
 from tests.processes import ROOT, spawn, stop, wait_http
 from tests.security.apps import app as security_app
 
-from .conftest import app_for, running, until
+from .conftest import app_for, until
 
 TOKEN = "cvk_tls_admin"
 #: a refusal by the server after the TLS handshake: its alert, or a reset that beat it

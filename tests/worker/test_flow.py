@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -17,7 +17,6 @@ from conveyor import (
     AsyncClient,
     SignalError,
     StepBudgetExceededError,
-    Worker,
     Workflow,
     WorkflowFailedError,
     done,
@@ -29,23 +28,10 @@ from conveyor import (
     start_child,
     wait,
 )
-from tests.conftest import drain
+from tests.conftest import drain, running
 
 MakeApp = Callable[..., App]
 ClientFor = Callable[[App], AsyncClient]
-
-
-@contextlib.asynccontextmanager
-async def running(app: App, **options: Any) -> AsyncIterator[Worker]:
-    """A worker serving ``app`` in the background for the duration of the block."""
-    worker = Worker(app, block_ms=50, promote_interval=0.02, **options)
-    task = asyncio.create_task(worker.run())
-    try:
-        await worker.start()
-        yield worker
-    finally:
-        worker.request_stop()
-        await task
 
 
 async def until(predicate: Callable[[], Any], timeout: float = 10.0) -> None:
