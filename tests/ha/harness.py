@@ -8,6 +8,8 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -95,31 +97,63 @@ def engine(redis_url: str, namespace: str, *, workers: int = 1, **env: str) -> I
             stack.output[name] = stop(process, timeout=20)
 
 
+async def send(
+    http: httpx.AsyncClient,
+    method: str,
+    url: str,
+    *,
+    ok: tuple[int, ...] = (200,),
+    deadline: float | None = None,
+    **kwargs: Any,
+) -> httpx.Response:
+    """Send a request as a real client does across a failover: a 503 (no master yet, or
+    ``not-replicated``) or a dropped connection is sent again, with the same body and
+    headers (so a start keeps its Idempotency-Key), until an answer in ``ok`` or the
+    deadline. Any other answer fails the test: never a 500."""
+    deadline = deadline if deadline is not None else time.monotonic() + 60
+    while True:
+        try:
+            response = await http.request(method, url, **kwargs)
+        except httpx.TransportError as exc:
+            assert time.monotonic() < deadline, f"{method} {url}: {exc!r}"
+        else:
+            if response.status_code in ok:
+                return response
+            assert response.status_code == 503, response.text
+            assert time.monotonic() < deadline, f"{method} {url}: still {response.text}"
+        await asyncio.sleep(0.1)
+
+
 async def run_tours(stack: Stack, count: int, n: int = 3) -> list[str]:
-    """Start ``count`` tours over HTTP, signal each once it waits, and check every result."""
+    """Start ``count`` tours over HTTP, signal each once it waits, and check every result.
+
+    Starts carry an Idempotency-Key and every request is retried on a 503, so this also
+    runs right after a failover (``durability=replicated`` answers 503 until the new master
+    has a replica). A signal sent again after a 503 may be delivered twice: the second is
+    buffered (or refused with 409 once the tour finished), which the tour never reads."""
     async with stack.http() as http:
         ids = []
         for i in range(count):
-            response = await http.post("/v1/workflows/tour", json=n + i % 2)
-            assert response.status_code == 202, response.text
+            response = await send(
+                http, "POST", "/v1/workflows/tour", ok=(202,), json=n + i % 2,
+                headers={"Idempotency-Key": f"tour-{uuid.uuid4().hex}"},
+            )  # fmt: skip
             ids.append(response.json()["id"])
         pending = set(ids)
-        for _ in range(600):
+        deadline = time.monotonic() + 60
+        while pending:
+            assert time.monotonic() < deadline, f"never waited: {pending}"
             for wf_id in list(pending):
-                status = (await http.get(f"/v1/workflows/{wf_id}")).json()
+                status = (await send(http, "GET", f"/v1/workflows/{wf_id}")).json()
                 if status["status"] == "waiting":
-                    signalled = await http.post(
-                        f"/v1/workflows/{wf_id}/signals/go", json={"from": wf_id}
-                    )
-                    assert signalled.status_code == 200, signalled.text
+                    await send(
+                        http, "POST", f"/v1/workflows/{wf_id}/signals/go", ok=(200, 409),
+                        json={"from": wf_id},
+                    )  # fmt: skip
                     pending.discard(wf_id)
-            if not pending:
-                break
             await asyncio.sleep(0.05)
-        assert not pending, f"never waited: {pending}"
         for i, wf_id in enumerate(ids):
-            response = await http.get(f"/v1/workflows/{wf_id}/result", params={"wait": 30})
-            assert response.status_code == 200, response.text
+            response = await send(http, "GET", f"/v1/workflows/{wf_id}/result", params={"wait": 30})
             assert response.json()["result"] == ha_app.expected_tour(n + i % 2, {"from": wf_id})
     return ids
 

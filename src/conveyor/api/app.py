@@ -135,7 +135,7 @@ def create_app(
         **native_telemetry_off(),
     )
     api.state.dispatcher = dispatcher
-    api.openapi = lambda: _openapi(api)  # type: ignore[method-assign]
+    api.openapi = lambda: _openapi(api)  # type: ignore[method-assign, unused-ignore]
     api.add_exception_handler(Problem, on_problem)
     api.add_exception_handler(HTTPException, on_http_error)
     api.add_exception_handler(RequestValidationError, on_validation_error)

@@ -367,7 +367,7 @@ class FastSubmit:
             return await on_validation_error(request, exc)
         for error, handler in self.errors:
             if isinstance(exc, error):
-                return await handler(request, exc)  # type: ignore[no-any-return]
+                return await handler(request, exc)  # type: ignore[no-any-return, unused-ignore]
         if isinstance(exc, OutOfMemoryError):
             return await on_out_of_memory(request, exc)
         if isinstance(exc, UNAVAILABLE):

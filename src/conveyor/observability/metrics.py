@@ -363,14 +363,14 @@ def remove_multiprocess(path: str) -> None:
 def process_died(pid: int) -> None:
     """A child process exited: its live gauges stop counting (counters are kept)."""
     if multiprocess_dir():
-        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call, unused-ignore]
 
 
 def registry() -> CollectorRegistry:
     """What to expose: every process of the group in multiprocess mode, else this one's."""
     if multiprocess_dir():
         merged = CollectorRegistry()
-        multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+        multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call, unused-ignore]
         return merged
     return REGISTRY
 

@@ -176,7 +176,7 @@ class Tracing:
 
     @staticmethod
     def detach(token: object) -> None:
-        otel_context.detach(token)  # type: ignore[arg-type]
+        otel_context.detach(token)  # type: ignore[arg-type, unused-ignore]
 
     @staticmethod
     def end_step(span: trace.Span | None, kind: str, error: BaseException | None) -> None:

@@ -284,7 +284,7 @@ def _sentinel(
     sentinel_username = options.pop("sentinel_username", None)
     if sentinel_username:
         sentinel_options["username"] = sentinel_username
-    sentinel = Sentinel(list(target.hosts), sentinel_kwargs=sentinel_options)  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(list(target.hosts), sentinel_kwargs=sentinel_options)  # type: ignore[no-untyped-call, unused-ignore]
     connection = SentinelManagedSSLConnection if tls else SentinelManagedConnection
     client: aredis.Redis = sentinel.master_for(
         target.master,

@@ -191,6 +191,5 @@ def is_timeout(value: Any) -> bool:
 def error_of(value: Any) -> dict[str, Any] | None:
     """The error in a fan-out slot (``on_error="collect"``) or in a child workflow's outcome:
     ``{"type", "message", ...}``, or None when ``value`` is a normal result."""
-    if isinstance(value, dict) and isinstance(value.get(ERROR_KEY), dict):
-        return value[ERROR_KEY]  # type: ignore[no-any-return]
-    return None
+    error = value.get(ERROR_KEY) if isinstance(value, dict) else None
+    return error if isinstance(error, dict) else None
