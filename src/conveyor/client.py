@@ -17,17 +17,11 @@ from typing import Any, TypeVar
 
 from .app import App
 from .coalesce import Coalescer
-from .errors import (
-    BackPressureError,
-    ResultTimeoutError,
-    StepBudgetExceededError,
-    UnknownWorkflowError,
-    WorkflowCancelledError,
-    WorkflowFailedError,
-)
+from .errors import BackPressureError, ResultTimeoutError, UnknownWorkflowError
 from .observability.metrics import count_refused, count_started
 from .observability.tracing import TRACING
 from .settings import Settings
+from .status import FINISHED, RunStatus, outcome_error
 from .storage.connection import RedisClient, connect
 from .storage.records import DeadLetter, WorkflowStatus
 from .storage.store import StartRequest, Store
@@ -36,7 +30,6 @@ from .workflow.definition import DEFAULT_MAX_STEPS, check_name
 
 T = TypeVar("T")
 
-FINISHED = ("completed", "failed", "cancelled")
 START_CHUNK = 1000  # starts per pipeline in start_many
 
 
@@ -228,18 +221,18 @@ class AsyncClient:
     async def result(self, workflow_id: str, timeout: float | None = None) -> Any:
         """Wait (without polling) until the workflow finishes; return its result.
 
-        Raises WorkflowFailedError (carrying the step's error), WorkflowCancelledError,
-        WorkflowNotFoundError, or ResultTimeoutError after ``timeout`` seconds.
+        Raises WorkflowFailedError (carrying the step's error; its subclasses
+        StepBudgetExceededError and DeliveryLimitExceededError when the engine failed it),
+        WorkflowCancelledError, WorkflowNotFoundError, or ResultTimeoutError after
+        ``timeout`` seconds (see :func:`conveyor.status.outcome_error`).
         """
         status = await self._wait_finished(workflow_id, timeout)
-        if status.status == "completed":
-            return status.result
-        if status.status == "failed":
-            error = status.error.model_dump() if status.error else {}
-            if error.get("type") == "StepBudgetExceeded":
-                raise StepBudgetExceededError(workflow_id, error)
-            raise WorkflowFailedError(workflow_id, error)
-        raise WorkflowCancelledError(f"workflow {workflow_id} was cancelled")
+        error = outcome_error(
+            workflow_id, status.status, status.error.model_dump() if status.error else None
+        )
+        if error is not None:
+            raise error
+        return status.result
 
     async def wait(
         self, workflow_ids: list[str], timeout: float | None = None
@@ -274,7 +267,7 @@ class AsyncClient:
         finally:
             self._watcher.unregister(workflow_id, future)
 
-    async def cancel(self, workflow_id: str) -> str:
+    async def cancel(self, workflow_id: str) -> RunStatus:
         """Cancel a workflow wherever it is; returns its final status ('cancelled', or how it
         had already finished). Its queued and delayed tasks are dropped unrun, its waits
         released, running steps see ``ctx.cancelled`` and their results are discarded, its
@@ -366,7 +359,7 @@ class Client:
     def wait(self, workflow_ids: list[str], timeout: float | None = None) -> list[WorkflowStatus]:
         return self._call(self._client.wait(workflow_ids, timeout))
 
-    def cancel(self, workflow_id: str) -> str:
+    def cancel(self, workflow_id: str) -> RunStatus:
         return self._call(self._client.cancel(workflow_id))
 
     def signal(self, workflow_id: str, name: str, payload: Any = None) -> str:

@@ -1,12 +1,22 @@
 """Exception hierarchy: every error Conveyor raises derives from ``ConveyorError``.
 
-``Retry`` and ``NonRetryableError`` are the two control-flow signals a step may raise.
+``Retry`` and ``NonRetryableError`` are the two control-flow signals a step may raise. The
+errors a worker records in a failed attempt (``StepTimeoutError``, ``UnknownStepError``, ...)
+are classes here too, so a caller can compare ``error.type`` with their names.
+
+This module imports nothing beyond the standard library (the HTTP client uses it).
 """
 
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import Any
+from typing import Any, ClassVar
+
+#: Error type of a workflow that reached its ``max_steps`` budget (written by lib.lua, which
+#: spells it once as ``STEP_BUDGET_EXCEEDED``; tests/lua/test_layout.py checks the two agree).
+STEP_BUDGET_EXCEEDED = "StepBudgetExceeded"
+#: Error type of a task dead-lettered unrun: delivered more than ``max_deliveries`` times.
+DELIVERY_LIMIT_EXCEEDED = "DeliveryLimitExceeded"
 
 
 class ConveyorError(Exception):
@@ -107,7 +117,39 @@ class RateLimited(ConveyorError):
 
 class StepBudgetExceededError(WorkflowFailedError):
     """The workflow failed because it reached its ``max_steps`` budget (a runaway loop?).
-    Raised by ``result()``; a WorkflowFailedError, so code catching that sees it too."""
+    Raised by ``result()``; a WorkflowFailedError, so code catching that sees it too. Its
+    ``error["type"]`` is ``"StepBudgetExceeded"`` (:attr:`error_type`)."""
+
+    error_type: ClassVar[str] = STEP_BUDGET_EXCEEDED
+
+
+class DeliveryLimitExceededError(WorkflowFailedError):
+    """The workflow failed because a task of it was delivered more than ``max_deliveries``
+    times (its step may crash workers) and was dead-lettered without running again. Raised by
+    ``result()``; a WorkflowFailedError. Its ``error["type"]`` is ``"DeliveryLimitExceeded"``
+    (:attr:`error_type`, the name recorded in history and dead letters)."""
+
+    error_type: ClassVar[str] = DELIVERY_LIMIT_EXCEEDED
+
+
+#: The name the error type is recorded under (``error.type``).
+DeliveryLimitExceeded = DeliveryLimitExceededError
+
+
+class StepTimeoutError(ConveyorError):
+    """A step ran past its ``timeout`` (recorded as the attempt's error; retried)."""
+
+
+class BatchResultError(ConveyorError):
+    """A batched step returned something other than one result per input (not retried)."""
+
+
+class UnknownStepError(ConveyorError):
+    """A task names a workflow or step this worker's app does not define (not retried)."""
+
+
+class ResultEncodingError(ConveyorError):
+    """A step returned something that cannot be encoded as JSON (not retried)."""
 
 
 class SignalError(ConveyorError):

@@ -4,8 +4,9 @@ but no Redis credentials.
 
 It keeps the method names and the exceptions of :class:`conveyor.AsyncClient` and
 :class:`conveyor.Client` wherever the API offers the same operation, so code can move from
-one to the other by changing the constructor. Problem details (RFC 9457) come back as
-exceptions a caller catches by meaning (``UnknownWorkflowError``, ``InputError``,
+one to the other by changing the constructor; it also lists recent workflows
+(``list_workflows``), which the Redis clients do not. Problem details (RFC 9457) come back
+as exceptions a caller catches by meaning (``UnknownWorkflowError``, ``InputError``,
 ``AuthError``, ...), not by status code.
 
 ``AsyncHttpClient`` runs on ``httpx.AsyncClient`` and ``HttpClient`` on ``httpx.Client``: the
@@ -15,7 +16,7 @@ stream is parsed); only sending and sleeping differ between them.
 """
 
 from .clients import AsyncHttpClient, HttpClient
-from .core import Event
+from .core import Event, WorkflowPage
 from .errors import ApiError, ApiUnavailableError, AuthError, InputError, PartialBatchError
 
 __all__ = [
@@ -27,4 +28,5 @@ __all__ = [
     "HttpClient",
     "InputError",
     "PartialBatchError",
+    "WorkflowPage",
 ]

@@ -11,21 +11,26 @@ from typing import Any
 import httpx
 
 from ..errors import ConveyorError
-from ..storage.records import WorkflowStatus
+from ..storage.records import DeadLetter, WorkflowStatus
 from .core import (
     _ENDED,
     EVENTS_READ_TIMEOUT,
     Event,
+    WorkflowPage,
     _batch_call,
     _Call,
     _cancel_call,
     _client_headers,
     _connect_delay,
+    _dead_letters_call,
     _Deadline,
     _error,
     _Follow,
     _json,
+    _list_call,
     _outcome,
+    _page,
+    _replay_call,
     _result_call,
     _retry_delay,
     _signal_call,
@@ -159,6 +164,29 @@ class AsyncHttpClient:
         """Cancel a workflow wherever it is; returns its final status ('cancelled', or how
         it had already finished). Needs a key with the ``admin`` scope."""
         return str(_json(await self._send(_cancel_call(workflow_id)))["status"])
+
+    async def list_workflows(
+        self,
+        *,
+        name: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> WorkflowPage:
+        """Recent workflows, newest first, optionally of one ``name`` and ``status``
+        (running, waiting, completed, failed, cancelled); at most ``limit`` (1 to 1000).
+        Pass the page's ``next_cursor`` back as ``cursor`` for the next page."""
+        return _page(_json(await self._send(_list_call(name, status, limit, cursor))))
+
+    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """Dead letters, oldest first (at most ``limit``, up to 10,000). Needs ``admin``."""
+        body = _json(await self._send(_dead_letters_call(limit)))
+        return [DeadLetter.model_validate(item) for item in body["items"]]
+
+    async def replay(self, dead_letter_id: str) -> str:
+        """Re-run the failed step of a dead letter's workflow; returns the workflow id.
+        Raises DeadLetterNotFoundError, ReplayError. Needs ``admin``."""
+        return str(_json(await self._send(_replay_call(dead_letter_id)))["workflow_id"])
 
     async def events(
         self, workflow_id: str, last_event_id: str | None = None, *, reconnects: int = 5
@@ -297,6 +325,26 @@ class HttpClient:
     def cancel(self, workflow_id: str) -> str:
         """See :meth:`AsyncHttpClient.cancel`."""
         return str(_json(self._send(_cancel_call(workflow_id)))["status"])
+
+    def list_workflows(
+        self,
+        *,
+        name: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> WorkflowPage:
+        """See :meth:`AsyncHttpClient.list_workflows`."""
+        return _page(_json(self._send(_list_call(name, status, limit, cursor))))
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """See :meth:`AsyncHttpClient.dead_letters`."""
+        body = _json(self._send(_dead_letters_call(limit)))
+        return [DeadLetter.model_validate(item) for item in body["items"]]
+
+    def replay(self, dead_letter_id: str) -> str:
+        """See :meth:`AsyncHttpClient.replay`."""
+        return str(_json(self._send(_replay_call(dead_letter_id)))["workflow_id"])
 
     def events(
         self, workflow_id: str, last_event_id: str | None = None, *, reconnects: int = 5

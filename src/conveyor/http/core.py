@@ -19,14 +19,15 @@ from .. import __version__, codec
 from ..errors import (
     BackPressureError,
     ConveyorError,
+    DeadLetterNotFoundError,
+    ReplayError,
     ResultTimeoutError,
     SignalError,
-    StepBudgetExceededError,
     UnknownWorkflowError,
-    WorkflowCancelledError,
-    WorkflowFailedError,
     WorkflowNotFoundError,
 )
+from ..status import outcome_error
+from ..storage.queries import WorkflowSummary
 from .errors import ApiError, ApiUnavailableError, AuthError, InputError, PartialBatchError
 
 JSON = "application/json"
@@ -54,6 +55,15 @@ class Event:
     id: str
     event: str
     data: Any
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowPage:
+    """One page of ``list_workflows``: ``items`` newest first, and ``next_cursor`` to pass
+    back for the next page (None after the last one)."""
+
+    items: list[WorkflowSummary]
+    next_cursor: str | None
 
 
 # -- the I/O-free core ----------------------------------------------------------------------------
@@ -140,6 +150,28 @@ def _cancel_call(workflow_id: str) -> _Call:
     return _Call("POST", f"/v1/workflows/{_seg(workflow_id)}/cancel")
 
 
+def _list_call(name: str | None, status: str | None, limit: int, cursor: str | None) -> _Call:
+    params: dict[str, str | int | float] = {"limit": limit}
+    for key, value in (("name", name), ("status", status), ("cursor", cursor)):
+        if value is not None:
+            params[key] = value
+    return _Call("GET", "/v1/workflows", params=params)
+
+
+def _page(body: dict[str, Any]) -> WorkflowPage:
+    items = [WorkflowSummary.model_validate(item) for item in body["items"]]
+    return WorkflowPage(items, body.get("next_cursor"))
+
+
+def _dead_letters_call(limit: int) -> _Call:
+    return _Call("GET", "/v1/dlq", params={"limit": limit})
+
+
+def _replay_call(dead_letter_id: str) -> _Call:
+    # not resent after a 503: the first may have run, and a second would then fail (404)
+    return _Call("POST", f"/v1/dlq/{_seg(dead_letter_id)}/replay", idempotent=False)
+
+
 def _events_call(workflow_id: str, last_event_id: str | None) -> _Call:
     headers = {"Accept": "text/event-stream"}
     if last_event_id:
@@ -205,6 +237,10 @@ def _error(call: _Call, response: httpx.Response) -> ConveyorError:
         return WorkflowNotFoundError(detail)
     if status == 409 and kind == "workflow-finished":
         return SignalError(detail)
+    if status == 404 and kind == "dead-letter-not-found":
+        return DeadLetterNotFoundError(detail)
+    if status == 409 and kind == "cannot-replay":
+        return ReplayError(detail)
     if status == 429:
         wait = _retry_after(response, problem) or 1.0
         if call.batch:
@@ -249,15 +285,10 @@ def _connect_delay(exc: httpx.TransportError, attempt: int, retries: int) -> flo
 
 def _outcome(workflow_id: str, body: dict[str, Any]) -> Any:
     """A finished workflow's result, or the exception ``AsyncClient.result`` raises."""
-    status = body.get("status")
-    if status == "completed":
-        return body.get("result")
-    if status == "failed":
-        error = body.get("error") or {}
-        if error.get("type") == "StepBudgetExceeded":
-            raise StepBudgetExceededError(workflow_id, error)
-        raise WorkflowFailedError(workflow_id, error)
-    raise WorkflowCancelledError(f"workflow {workflow_id} was cancelled")
+    error = outcome_error(workflow_id, str(body.get("status")), body.get("error"))
+    if error is not None:
+        raise error
+    return body.get("result")
 
 
 class _Deadline:

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from .. import codec
+from ..status import FINISHED, RunStatus
 from .records import from_ms
 from .snapshot import queue_snapshot
 from .store import Store
@@ -26,7 +27,7 @@ DEAD_SCAN = 10_000
 class WorkflowSummary(BaseModel):
     id: str
     workflow: str
-    status: str
+    status: RunStatus
     step: str | None = None
     created_at: Any = None
     updated_at: Any = None
@@ -128,12 +129,12 @@ class Queries:
             for (score, wf_id), fields in zip(batch, await pipe.execute(), strict=True):
                 last = (score, wf_id)
                 wf, st, step, created, updated = (v.decode() if v else None for v in fields)
-                if wf is None:
+                if wf is None or st is None:
                     continue  # expired
                 if (name and wf != name) or (status and st != status):
                     continue
                 out.append(WorkflowSummary(
-                    id=wf_id, workflow=wf, status=st or "", step=step,
+                    id=wf_id, workflow=wf, status=RunStatus(st), step=step,
                     created_at=from_ms(created), updated_at=from_ms(updated),
                 ))  # fmt: skip
                 if len(out) == limit:
@@ -181,7 +182,7 @@ class Queries:
     @staticmethod
     def _wait_entries(wf_id: str, fields: dict[bytes, bytes]) -> list[WaitEntry]:
         status = fields.get(b"status")
-        if status in (b"completed", b"failed", b"cancelled") or not fields:
+        if not fields or (status is not None and status.decode() in FINISHED):
             return []
         entries = []
         for name, value in fields.items():

@@ -10,6 +10,8 @@ from pydantic import BaseModel, Field
 
 from .. import codec
 from ..observability.tracing import trace_id_of
+from ..status import RunStatus
+from .frames import parent_id
 
 
 def from_ms(raw: bytes | str | int | None) -> datetime | None:
@@ -56,7 +58,7 @@ class WorkflowStatus(BaseModel):
 
     id: str
     workflow: str
-    status: str  # running | waiting | completed | failed | cancelled
+    status: RunStatus
     step: str | None = Field(None, description="current (or last) step")
     input: Any = None
     result: Any = None
@@ -77,7 +79,7 @@ class WorkflowStatus(BaseModel):
 
     @property
     def finished(self) -> bool:
-        return self.status in ("completed", "failed", "cancelled")
+        return self.status.finished
 
     @property
     def waiting_for(self) -> list[str]:
@@ -114,7 +116,7 @@ class WorkflowStatus(BaseModel):
         return cls(
             id=workflow_id,
             workflow=text(b"workflow") or "",
-            status=text(b"status") or "",
+            status=RunStatus(text(b"status") or ""),
             step=text(b"step"),
             input=codec.loads(fields.get(b"input")),
             result=codec.loads(fields.get(b"result")),
@@ -126,7 +128,7 @@ class WorkflowStatus(BaseModel):
             request_id=text(b"request_id"),
             trace_id=trace_id_of(text(b"trace") or ""),
             waits=waits,
-            parent=parent.split("|", 1)[0] if parent else None,
+            parent=parent_id(parent) if parent else None,
             children=children,
             tasks=int(fields.get(b"seq") or 0),
             max_steps=int(max_steps) if max_steps and int(max_steps) > 0 else None,
@@ -165,8 +167,8 @@ class Task:
     input: bytes
     state: bytes | None
     request_id: str | None
-    frame: str = ""  # '' at the top level; '<group>|<index>|<step>|<join>' in a fan-out branch
-    parent: str = ""  # a child workflow's '<parent id>|<task>|<step>|<queue>|<frame>'
+    frame: str = ""  # where it runs: '' at the top level, else see storage/frames.py
+    parent: str = ""  # a child workflow's continuation in its parent (storage/frames.py)
     wait: str | None = None  # set on a wait's timer task: the signal it times out
     trace: str = ""  # the trace carrier it came with (observability/tracing.py)
     carry: str | None = None  # the carrier its transition passes on (None: ``trace``)

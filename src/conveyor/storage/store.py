@@ -29,12 +29,14 @@ from ..errors import (
 )
 from ..observability.tracing import TRACING
 from ..settings import Settings
+from ..status import RunStatus
 from .connection import UNAVAILABLE, RedisClient, is_cluster
 from .durability import Confirmation, warn_about_server
+from .frames import parent_target, parse_step_ref, step_ref
 from .keys import Keys
 from .records import DeadLetter, StepError, Task, WorkflowStatus, from_ms
 from .scripts import ScriptRegistry
-from .transitions import Transition, Transitions, parent_target
+from .transitions import Transition, Transitions
 
 __all__ = ["COMMIT_BATCH", "StartRequest", "Store", "Transition", "now_ms"]
 
@@ -196,7 +198,7 @@ class Store:
             request_id or "",
             max_steps,
             int((delay or 0) * 1000),
-            "|".join(on_cancel) if on_cancel else "",
+            step_ref(*on_cancel) if on_cancel else "",
             self._retention,
             TRACING.start_carrier(now, workflow),
         ]
@@ -513,11 +515,11 @@ class Store:
             raise WorkflowNotFoundError(f"no workflow with id {workflow_id!r}")
         return WorkflowStatus.from_redis(workflow_id, fields, history)
 
-    async def get_status(self, workflow_id: str) -> str | None:
+    async def get_status(self, workflow_id: str) -> RunStatus | None:
         raw = await self.redis.hget(self.keys.workflow(workflow_id), "status")
-        return _text(raw)
+        return RunStatus(raw.decode()) if raw else None
 
-    async def cancel(self, workflow_id: str, reason: str = "cancelled") -> str:
+    async def cancel(self, workflow_id: str, reason: str = "cancelled") -> RunStatus:
         """Cancel a workflow and, in turn, its running child workflows; returns the status it
         ends in ('cancelled', or the status it had already finished with)."""
         partition = self.keys.partition(workflow_id)
@@ -525,7 +527,7 @@ class Store:
         parent, on_cancel = await self.redis.hmget(key, "parent", "on_cancel")
         cancel_stream = parent_key = parent_stream = key
         if on_cancel:
-            cancel_stream = self.keys.stream(partition, on_cancel.decode().split("|")[1])
+            cancel_stream = self.keys.stream(partition, parse_step_ref(on_cancel.decode())[1])
         if parent:
             parent_id, parent_queue = parent_target(parent.decode())
             parent_key = self.keys.workflow(parent_id, partition)
@@ -553,7 +555,7 @@ class Store:
             raise WorkflowNotFoundError(f"no workflow with id {workflow_id!r}")
         for child in children:
             await self.cancel(child.decode(), f"parent {workflow_id} cancelled")
-        return str(status.decode() if isinstance(status, bytes) else status)
+        return RunStatus(status.decode() if isinstance(status, bytes) else status)
 
     async def signal(self, workflow_id: str, name: str, payload: Any = None) -> str:
         """Send signal ``name`` to a workflow: resume its wait, or buffer the payload for a

@@ -24,9 +24,10 @@ from typing import Any
 
 from .. import codec
 from ..limits import Limit, Limiter
+from ..storage.frames import CANCEL_FRAME
 from ..storage.records import Task
 from ..storage.store import Store, now_ms
-from .advance import CANCEL_FRAME
+from ..workflow.outcomes import OutcomeKind
 from .cancels import StoppedWorkflows
 from .runner import Outcome, StepRunner, cache_digest
 
@@ -93,7 +94,7 @@ class Admission:
         for t in tasks:
             hit = cached.get(id(t))
             if t.wait and not won[id(t)]:
-                out.settled.append((t, Outcome(self.store.transitions.ack(t), "dropped")))
+                out.settled.append((t, Outcome(self.store.transitions.ack(t), OutcomeKind.DROPPED)))
             elif hit is not None:
                 out.settled.append((t, self.runner.from_cache(t, hit)))
             else:
@@ -115,7 +116,7 @@ class Admission:
                 self.stopped.resumed(t.workflow_id)
             else:
                 dropped.add(id(t))
-                out.settled.append((t, Outcome(self.store.transitions.ack(t), "dropped")))
+                out.settled.append((t, Outcome(self.store.transitions.ack(t), OutcomeKind.DROPPED)))
         return [t for t in tasks if id(t) not in dropped]
 
     def _cached_step(self, task: Task) -> bool:
@@ -169,7 +170,7 @@ class Admission:
                 continue
             if i in waits:
                 delay = min(MAX_LIMIT_WAIT, waits[i])
-                out.settled.append((t, Outcome(self.runner.limited(t, delay), "limited")))
+                out.settled.append((t, Outcome(self.runner.limited(t, delay), OutcomeKind.LIMITED)))
                 continue
             if i in granted_conc:
                 name, key, _, holder, _ = granted_conc[i]

@@ -8,7 +8,8 @@ from typing import Any
 
 from .. import codec
 from ..app import App
-from ..errors import DefinitionError
+from ..errors import DefinitionError, ResultEncodingError, UnknownStepError
+from ..storage.frames import CANCEL_FRAME, branch_steps, step_ref
 from ..storage.records import Task
 from ..storage.transitions import Transition, Transitions
 from ..workflow import Step
@@ -21,16 +22,6 @@ from ..workflow.outcomes import (
     StartChild,
     Wait,
 )
-
-CANCEL_FRAME = "!cancel"
-
-
-class UnknownStepError(Exception):
-    """The task names a workflow or step this worker's app does not define."""
-
-
-class ResultEncodingError(Exception):
-    """The step returned something that cannot be encoded as JSON."""
 
 
 def encode(step: Step, value: Any) -> bytes:
@@ -67,12 +58,17 @@ class Advancer:
 
     def frame_queues(self, task: Task) -> tuple[str, str] | None:
         """(join queue, branch queue) of the fan-out branch ``task`` runs in, if any."""
-        if not task.frame or task.frame == CANCEL_FRAME:
+        if not task.frame:
             return None
-        parts = task.frame.split("|")
+        try:
+            steps = branch_steps(task.frame)
+        except ValueError as exc:
+            raise UnknownStepError(f"task {task.workflow}.{task.step}: {exc}") from None
+        if steps is None:
+            return None
         wf = self.app.workflows.get(task.workflow)
-        branch = wf.get(parts[2]) if wf else None
-        join = wf.get(parts[3]) if wf else None
+        branch = wf.get(steps[0]) if wf else None
+        join = wf.get(steps[1]) if wf else None
         if branch is None or join is None:
             raise UnknownStepError(f"task {task.workflow}.{task.step} has a bad frame")
         return join.queue, branch.queue
@@ -154,7 +150,7 @@ class Advancer:
             child_workflow=child.name, first_step=first.name, first_queue=first.queue,
             payload=encode(step, o.input), step=then.name, queue=then.queue,
             max_steps=o.max_steps or child.max_steps,
-            on_cancel=f"{cancel.name}|{cancel.queue}" if cancel else "",
+            on_cancel=step_ref(cancel.name, cancel.queue) if cancel else "",
         )  # fmt: skip
 
 

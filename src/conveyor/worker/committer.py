@@ -14,13 +14,19 @@ from ..observability.metrics import WorkerMetrics
 from ..storage.connection import UNAVAILABLE
 from ..storage.records import Task
 from ..storage.store import Store, Transition
+from ..storage.transitions import TransitionAction
+from ..workflow.outcomes import OutcomeKind
 from .resilience import Backoff
 
 log = logging.getLogger("conveyor.worker")
 
 # transitions that may put a task in a delayed set (a retry, a sleep, a wait's timer)
-SCHEDULES = frozenset({"retry", "sleep", "wait"})
+SCHEDULES = frozenset({TransitionAction.RETRY, TransitionAction.SLEEP, TransitionAction.WAIT})
 GIVE_UP_AFTER = 5  # consecutive unexpected errors before a batch is left for redelivery
+# module-level names: an enum member's attribute lookup costs more than a global's
+_COMPLETED, _CACHED, _RETRIED = OutcomeKind.COMPLETED, OutcomeKind.CACHED, OutcomeKind.RETRIED
+_LIMITED, _DROPPED, _POISON = OutcomeKind.LIMITED, OutcomeKind.DROPPED, OutcomeKind.POISON
+_DEAD = OutcomeKind.DEAD
 
 
 @dataclass(slots=True)
@@ -60,13 +66,13 @@ class Committer:
         self.stats = stats
         self.on_done = on_done
         self.max_batch = max_batch
-        self.pending: list[tuple[Transition, Task | None, str]] = []
+        self.pending: list[tuple[Transition, Task | None, OutcomeKind]] = []
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
         self._closing = False
 
-    def submit(self, call: Transition, task: Task | None, kind: str) -> None:
+    def submit(self, call: Transition, task: Task | None, kind: OutcomeKind) -> None:
         self.pending.append((call, task, kind))
         self._idle.clear()
         self._wake.set()
@@ -113,7 +119,10 @@ class Committer:
                 self.on_done(task)
 
     async def _failed(
-        self, batch: list[tuple[Transition, Task | None, str]], backoff: Backoff, exc: Exception
+        self,
+        batch: list[tuple[Transition, Task | None, OutcomeKind]],
+        backoff: Backoff,
+        exc: Exception,
     ) -> None:
         if isinstance(exc, UNAVAILABLE):
             # It is unknown which calls ran: send them all again once Redis is back
@@ -135,7 +144,7 @@ class Committer:
         self.pending[:0] = batch
         await backoff.wait("committing step results", exc)
 
-    def _count(self, task: Task | None, kind: str, result: int | Exception) -> None:
+    def _count(self, task: Task | None, kind: OutcomeKind, result: int | Exception) -> None:
         if isinstance(result, Exception):
             # A script error (a bug, or Redis out of memory): the entry stays pending
             # with no lease, so it is redelivered and finally dead-lettered; never lost.
@@ -143,27 +152,27 @@ class Committer:
             log.error("commit of %s for %s failed: %s", kind, task, result)
         elif result == ScriptCode.DUPLICATE:
             self.stats.duplicates += 1
-        elif kind == "completed":
+        elif kind == _COMPLETED:
             self.stats.completed += 1
-        elif kind == "cached":
+        elif kind == _CACHED:
             self.stats.completed += 1
             self.stats.cached += 1
-        elif kind == "retried":
+        elif kind == _RETRIED:
             self.stats.retried += 1
             self.stats.failed += 1
-        elif kind == "limited":
+        elif kind == _LIMITED:
             self.stats.limited += 1
-        elif kind == "dropped":
+        elif kind == _DROPPED:
             self.stats.dropped += 1
-        elif kind == "poison":
+        elif kind == _POISON:
             self.stats.poison += 1
         else:
             self.stats.dead += 1
-            if kind == "dead":
+            if kind == _DEAD:
                 self.stats.failed += 1
 
     def _measure(
-        self, call: Transition, task: Task | None, kind: str, result: int | Exception
+        self, call: Transition, task: Task | None, kind: OutcomeKind, result: int | Exception
     ) -> None:
         assert self.metrics is not None
         if isinstance(result, Exception):

@@ -22,26 +22,28 @@ import orjson
 
 from .. import codec
 from ..app import App
-from ..errors import DefinitionError, NonRetryableError, RateLimited, Retry, StepInputError
+from ..errors import (
+    BatchResultError,
+    DefinitionError,
+    NonRetryableError,
+    RateLimited,
+    ResultEncodingError,
+    Retry,
+    StepInputError,
+    StepTimeoutError,
+    UnknownStepError,
+)
 from ..logs import bind_step, unbind
 from ..observability.tracing import TRACING, Tracing
 from ..storage.records import Task
 from ..storage.store import Store, Transition, now_ms
 from ..workflow import Done, Goto, Step, StepContext, compute_backoff
 from ..workflow.context import BatchContext
-from ..workflow.outcomes import FanOut, Sleep, StartChild, Wait
-from .advance import Advancer, ResultEncodingError, UnknownStepError, cacheable, encode, from_cache
+from ..workflow.outcomes import FanOut, OutcomeKind, Sleep, StartChild, Wait
+from .advance import Advancer, cacheable, encode, from_cache
 from .emitter import Emitter
 
 log = logging.getLogger("conveyor.worker")
-
-
-class StepTimeoutError(Exception):
-    """The step ran past its ``timeout``."""
-
-
-class BatchResultError(Exception):
-    """A batched step returned something other than one result per input."""
 
 
 # Errors that retrying cannot fix: the step fails at once.
@@ -54,6 +56,12 @@ NOT_RETRYABLE = (
     BatchResultError,
 )
 
+# module-level names: an enum member's attribute lookup costs more than a global's, and
+# every task gets one
+_COMPLETED, _CACHED = OutcomeKind.COMPLETED, OutcomeKind.CACHED
+_RETRIED, _DEAD, _LIMITED = OutcomeKind.RETRIED, OutcomeKind.DEAD, OutcomeKind.LIMITED
+_CANCELLED = OutcomeKind.CANCELLED
+
 
 @dataclass(slots=True)
 class Outcome:
@@ -61,7 +69,7 @@ class Outcome:
     side calls the worker makes once it is committed."""
 
     call: Transition
-    kind: str  # completed | retried | dead | limited | dropped
+    kind: OutcomeKind
     cache: tuple[str, bytes, float] | None = None  # (key, entry, ttl) to store
     charged: float | None = None  # units the step reported with ctx.charge()
     push_back: float | None = None  # seconds the step's shared rate limit is pushed back
@@ -116,7 +124,7 @@ class StepRunner:
         span = TRACING.start_step(task) if TRACING.enabled else None
         token = bind_step(task.workflow_id, task.workflow, task.step, task.attempt, task.request_id)
         error: BaseException | None = None
-        kind = "cancelled"
+        kind = _CANCELLED
         try:
             if span is None:
                 outcome, error = await self._run(task)
@@ -166,7 +174,7 @@ class StepRunner:
             return outcomes
         finally:
             for i, span in enumerate(spans):
-                kind = outcomes[i].kind if outcomes else "cancelled"
+                kind = outcomes[i].kind if outcomes else _CANCELLED
                 Tracing.end_step(span, kind, outcomes[i].error if outcomes else None)
 
     async def _run_batch(self, step: Step, tasks: list[Task]) -> list[Outcome]:
@@ -246,7 +254,7 @@ class StepRunner:
             if entry is not None:
                 key = self.store.keys.cache(cache_digest(task))
                 cache = (key, encode(step, entry), step.cache_ttl)
-        return Outcome(call, "completed", cache=cache, charged=ctx.charged)
+        return Outcome(call, _COMPLETED, cache=cache, charged=ctx.charged)
 
     def from_cache(self, task: Task, raw: bytes) -> Outcome:
         """Complete ``task`` with a memoised result instead of running it."""
@@ -255,7 +263,7 @@ class StepRunner:
             step = self.step_of(task)
             ctx = self.context(task, step)
             outcome = self.success(task, step, ctx, from_cache(codec.loads(raw)), now, cached=True)
-            outcome.kind = "cached"
+            outcome.kind = _CACHED
             return outcome
         except Exception as exc:
             return self.failure(task, self.app.step(task.workflow, task.step), exc, now)
@@ -277,14 +285,14 @@ class StepRunner:
         if isinstance(exc, RateLimited):
             record = self._record(task, "limited", started, now, error=self._error(task, exc))
             call = self.t.retry(task, record, now, int(exc.retry_after * 1000), task.attempt)
-            return Outcome(call, "limited", push_back=exc.retry_after)
+            return Outcome(call, _LIMITED, push_back=exc.retry_after)
         error = self._error(task, exc)
         attempt = task.attempt
         delay = self._retry_delay(step, exc, attempt)
         record = self._record(task, "failed", started, now, error=error)
         if delay is not None:
             call = self.t.retry(task, record, now, int(delay * 1000), attempt + 1)
-            return Outcome(call, "retried")
+            return Outcome(call, _RETRIED)
         log.warning(
             "step %s.%s of workflow %s failed for good (attempt %d): %s: %s",
             task.workflow, task.step, task.workflow_id, attempt, error["type"], exc,
@@ -293,7 +301,7 @@ class StepRunner:
             task, record, now, error=error, reason="step failed",
             frame_queues=self._frame_queues(task),
         )  # fmt: skip
-        return Outcome(call, "dead")
+        return Outcome(call, _DEAD)
 
     def _frame_queues(self, task: Task) -> tuple[str, str] | None:
         try:

@@ -12,16 +12,16 @@ import uuid
 from typing import Any
 
 from ..app import App
-from ..errors import ConfigurationError
+from ..errors import DELIVERY_LIMIT_EXCEEDED, ConfigurationError
 from ..limits import Limiter
 from ..observability.metrics import WorkerMetrics
 from ..observability.tracing import TRACING
 from ..storage.connection import UNAVAILABLE, RedisClient, connect
+from ..storage.frames import CANCEL_FRAME
 from ..storage.records import Task
 from ..storage.store import Store, now_ms
-from ..workflow import Step
+from ..workflow import OutcomeKind, Step
 from .admission import Admission
-from .advance import CANCEL_FRAME
 from .batcher import Batcher
 from .cancels import StoppedWorkflows
 from .committer import Committer, Stats
@@ -342,7 +342,7 @@ class Worker:
             call = self.store.transitions.poison(
                 stream, partition, queue, entry_id, fields, reason, now_ms()
             )
-            self.committer.submit(call, None, "poison")
+            self.committer.submit(call, None, OutcomeKind.POISON)
             return
         if task.ref in self.inflight.tasks:
             return  # our own entry, reclaimed after a missed lease renewal: already running
@@ -355,8 +355,8 @@ class Worker:
         limit = self.settings.max_deliveries
         if deliveries > limit:
             reason = f"delivered {deliveries} times (limit {limit}); it may crash workers"
-            call = self.runner.dead_letter(task, reason, "DeliveryLimitExceeded")
-            self.committer.submit(call, task, "dead_unrun")
+            call = self.runner.dead_letter(task, reason, DELIVERY_LIMIT_EXCEEDED)
+            self.committer.submit(call, task, OutcomeKind.DEAD_UNRUN)
             return
         self.capacity.take()
         # a task of a workflow that stopped (cancelled or failed) goes through admission,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import DefinitionError
@@ -84,6 +85,22 @@ class StartChild:
 
 
 Outcome = Goto | Done | FanOut | Wait | Sleep | StartChild
+
+
+class OutcomeKind(StrEnum):
+    """What became of one delivery of a task, as a worker commits it: the ``outcome`` of its
+    step span, and what its counters (``Stats``, metrics) count. A ``str``:
+    ``OutcomeKind.COMPLETED == "completed"``."""
+
+    COMPLETED = "completed"  # the step ran and returned: the workflow moved on
+    CACHED = "cached"  # completed from the step-result cache (cache_ttl), without running
+    RETRIED = "retried"  # the attempt failed; the task runs again later
+    DEAD = "dead"  # the attempt failed for good: dead-lettered, the workflow failed
+    DEAD_UNRUN = "dead_unrun"  # delivered past max_deliveries: dead-lettered without running
+    LIMITED = "limited"  # held back by a rate or concurrency limit: runs later, same attempt
+    DROPPED = "dropped"  # not run: its task is no longer active (cancelled, stale timer)
+    POISON = "poison"  # an entry that names no valid task: dead-lettered
+    CANCELLED = "cancelled"  # the run was interrupted before it had an outcome (span only)
 
 
 def _name(step: Step | str, what: str) -> tuple[str, str | None]:

@@ -41,10 +41,10 @@ for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
 end
 finish(W, 'cancelled', 'cancel_reason', ARGV[5])
 if f[5] then
-  local step = string.match(f[5], '^([^|]+)|')
+  local step = on_cancel_step(f[5])
   local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
   redis.call('HSET', KEYS[1], 't:' .. seq, step)
   local info = cjson.encode({workflow_id = ARGV[4], step = f[6] or '', reason = ARGV[5]})
-  enqueue(KEYS[3], W, step, seq, info, '!cancel')
+  enqueue(KEYS[3], W, step, seq, info, CANCEL_FRAME)
 end
 return out

@@ -6,43 +6,95 @@
 --
 -- ARGV[1]  consumer group
 -- ARGV[2]  retention of a finished workflow, seconds
--- ARGV[3]  '1' to record the workflows' event streams (key 7), '0' not to
+-- ARGV[3]  '1' to record the workflows' event streams (K7), '0' not to
 -- Then per transition: its number of keys and of arguments, then the arguments; its keys are
--- the next ones in KEYS.
+-- the next ones in KEYS. K<i> and A<i> below are its i-th key and argument.
 --
--- Keys of every transition:           Arguments of every transition:
---   1 source task stream                1 action (below)       8 request id ('' none)
---   2 workflow state hash               2 entry id             9 state JSON ('' unchanged)
---   3 workflow history list             3 task number         10 finished channel
---   4 parent's state hash (child        4 history record      11 frame ('' = top level)
---     workflows; else = key 2)            ('' none)           12 parent ('' none)
---   5 parent's continuation stream      5 now, ms             13 trace carrier of the
---     (else = key 1)                    6 workflow id             tasks it enqueues ('' none)
---   6 the partition's stopped set       7 workflow name
---   7 the workflow's event stream
+-- Keys and arguments of every transition:
+--   K1   source task stream
+--   K2   workflow state hash
+--   K3   workflow history list
+--   K4   parent's state hash (child workflows; else = K2)
+--   K5   parent's continuation stream (child workflows; else = K1)
+--   K6   the partition's stopped set
+--   K7   the workflow's event stream
+--   A1   action (below)
+--   A2   entry id
+--   A3   task number
+--   A4   history record ('' none)
+--   A5   now, ms
+--   A6   workflow id
+--   A7   workflow name
+--   A8   request id ('' none)
+--   A9   state JSON ('' unchanged)
+--   A10  finished channel
+--   A11  frame ('' at the top level)
+--   A12  parent ('' none)
+--   A13  trace carrier of the tasks it enqueues ('' none)
 --
--- Actions, with their extra keys (8..) and arguments (14..):
---   next     K8 stream of the next step           A14 step, A15 input
---   sleep    K8 delayed set of the next step      A14 step, A15 input, A16 delay ms
---   return   K8 join stream, K9 branch stream      A14 value: ends the workflow at the top
---            (frame ''), feeds the fan-out join in a branch, is only recorded in on_cancel
---   fan_out  K8 branch stream, K9 join stream      A14 branch step, A15 join step,
---            A16 max parallel (0 = all), A17 '1' to collect errors, A18.. items (JSON each)
---   wait     K8 signal buffer, K9 then stream,     A14 signal, A15 then step, A16 its queue,
---            K10 delayed set of the timer step,     A17 timeout ms ('' none), A18 timer step,
---            K11 the partition's waiting set
---                                                  A19 timer input (the timeout marker)
---   child    K8 child hash, K9 child's stream      A14 child id, A15 child workflow,
---                                                  A16 its first step, A17 input,
---                                                  A18 then step, A19 its queue,
---                                                  A20 child max_steps, A21 child on_cancel,
---                                                  A22 child's trace carrier ('' none)
---   retry    K8 delayed set of the step's queue    A14 delay ms, A15 the task as JSON
---            (also a limited task put back: history '' and the same attempt)
---   dead     K8 dead-letter stream, K9 join        A14 error JSON, A15.. dead-letter entry
---            stream, K10 branch stream              (field, value pairs)
---   ack      -                                     (drop an inactive task's entry)
---   poison   K8 dead-letter stream                 A14.. dead-letter entry
+-- Each action, with its own keys (K8..) and arguments (A14..):
+-- next: go on with another step
+--   K8   stream of the next step
+--   A14  step
+--   A15  input
+-- sleep: go on with another step after a delay
+--   K8   delayed set of the next step
+--   A14  step
+--   A15  input
+--   A16  delay, ms
+-- return: end a line of work with a value: the workflow at the top level (frame ''), the
+-- branch of a fan-out (its join runs after the last one); only recorded in on_cancel
+--   K8   join stream
+--   K9   branch stream
+--   A14  value
+-- fan_out: run a step once per item, then the join step with the results in order
+--   K8   branch stream
+--   K9   join stream
+--   A14  branch step
+--   A15  join step
+--   A16  max parallel (0 = all)
+--   A17  '1' to collect errors
+--   A18.. items (JSON each)
+-- wait: park until a signal, or until its timer
+--   K8   signal buffer
+--   K9   then stream
+--   K10  delayed set of the timer step
+--   K11  the partition's waiting set
+--   A14  signal
+--   A15  then step
+--   A16  then queue
+--   A17  timeout ms ('' none)
+--   A18  timer step
+--   A19  timer input (the timeout marker)
+-- child: start a child workflow; the then step resumes with its outcome
+--   K8   child state hash
+--   K9   child's first stream
+--   A14  child id
+--   A15  child workflow
+--   A16  child first step
+--   A17  child input
+--   A18  then step
+--   A19  then queue
+--   A20  child max_steps
+--   A21  child on_cancel ('' none)
+--   A22  child trace carrier ('' none)
+-- retry: run the task again later (also a task a limit held back: history '' and the same
+-- attempt)
+--   K8   delayed set of the step's queue
+--   A14  delay ms
+--   A15  task as JSON
+-- dead: dead-letter the task and fail the workflow (in a collecting fan-out: fill the slot)
+--   K8   dead-letter stream
+--   K9   join stream
+--   K10  branch stream
+--   A14  error JSON
+--   A15.. dead-letter entry (field, value pairs)
+-- ack: only acknowledge the entry (its task is no longer active)
+-- poison: dead-letter an entry that names no valid task (of the keys and arguments of every
+-- transition only K1, A1, A2 and A5 mean anything; the other keys repeat keys of the same
+-- partition, the other arguments are '')
+--   K8   dead-letter stream
+--   A14.. dead-letter entry (field, value pairs)
 --
 -- Returns one code per transition: 0 (OK), 1 (DUPLICATE: the entry was already
 -- acknowledged, or its task is no longer active; nothing but the ACK was written), or, when
@@ -59,7 +111,7 @@ local function dead_letter(stream, A, from)
 end
 
 local function collects(W, frame)
-  local gid = string.match(frame, '^(%d+)|')
+  local gid = branch_slot(frame)
   local raw = gid and redis.call('HGET', W.key, 'g:' .. gid)
   return raw and cjson.decode(raw).collect == 1
 end
@@ -115,12 +167,12 @@ local function apply(K, A)
   end
   if action == 'dead' then
     local err = A[14]
-    if frame ~= '' and frame ~= '!cancel' and collects(W, frame) then
+    if frame ~= '' and frame ~= CANCEL_FRAME and collects(W, frame) then
       branch_return(W, frame, failure_marker(err), K[9], K[10])
       return 0
     end
     dead_letter(K[8], A, 15)
-    if frame ~= '!cancel' then
+    if frame ~= CANCEL_FRAME then
       finish(W, 'failed', 'error', err)
     end
     return 0
@@ -128,7 +180,7 @@ local function apply(K, A)
   if W.state ~= '' then
     redis.call('HSET', W.key, 'state', W.state)
   end
-  if frame == '!cancel' then
+  if frame == CANCEL_FRAME then
     return 0  -- the on_cancel step: recorded; the workflow stays cancelled
   end
   if action == 'return' then
@@ -176,7 +228,7 @@ local function apply(K, A)
         if not seq then
           fail_budget(W); return 0
         end
-        enqueue(K[8], W, A[14], seq, A[17 + i], gid .. '|' .. i .. '|' .. A[14] .. '|' .. A[15])
+        enqueue(K[8], W, A[14], seq, A[17 + i], branch_frame(gid, i, A[14], A[15]))
       else
         redis.call('HSET', W.key, 'i:' .. gid .. ':' .. i, A[17 + i])
       end
@@ -211,7 +263,7 @@ local function apply(K, A)
       -- cannot happen (task numbers are unique and a task commits once): never overwrite
       return 0
     end
-    local parent = W.id .. '|' .. seq .. '|' .. step .. '|' .. A[19] .. '|' .. frame
+    local parent = parent_ref(W.id, seq, step, A[19], frame)
     redis.call('HSET', W.key, 'c:' .. child_id, '1')
     redis.call('HSET', K[8], 'workflow', A[15], 'status', 'running', 'step', A[16],
       'input', A[17], 'created_at', W.now, 'updated_at', W.now, 'seq', 1, 't:1', A[16],

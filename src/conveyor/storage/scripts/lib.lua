@@ -21,6 +21,38 @@
 -- A transition only acts on a task while its 't:<n>' exists, so a redelivered, cancelled or
 -- superseded task is dropped instead of run twice. 'max_steps' bounds 'seq' (a runaway loop).
 
+-- Frames, parents and on_cancel steps: the pipe-delimited strings tasks and workflows carry,
+-- built and parsed only by these helpers (storage/frames.py is their Python side):
+--   frame      '' at the top level, CANCEL_FRAME for the on_cancel step, or
+--              '<group>|<index>|<branch step>|<join step>' in a fan-out branch
+--   parent     '<parent id>|<parent task>|<then step>|<then queue>|<parent frame>'
+--   on_cancel  '<step>|<queue>'
+local CANCEL_FRAME = '!cancel'
+-- the error type of a workflow failed by its step budget (errors.STEP_BUDGET_EXCEEDED)
+local STEP_BUDGET_EXCEEDED = 'StepBudgetExceeded'
+
+local function branch_frame(gid, index, step, join)
+  return gid .. '|' .. index .. '|' .. step .. '|' .. join
+end
+
+-- group and index of a branch frame (both nil outside a branch)
+local function branch_slot(frame)
+  return string.match(frame, '^(%d+)|(%d+)|')
+end
+
+local function parent_ref(id, task, step, queue, frame)
+  return id .. '|' .. task .. '|' .. step .. '|' .. queue .. '|' .. frame
+end
+
+-- parent id, parent task, then step, parent frame
+local function parse_parent(parent)
+  return string.match(parent, '^([^|]+)|(%d+)|([^|]+)|[^|]*|(.*)$')
+end
+
+local function on_cancel_step(ref)
+  return string.match(ref, '^([^|]+)|')
+end
+
 -- Append a step attempt's record to the history list and to the event stream.
 local function record(W, rec)
   redis.call('RPUSH', W.history, rec)
@@ -124,7 +156,7 @@ local function resume_parent(W, status, value)
   if W.parent == nil or W.parent == '' then
     return
   end
-  local pid, n, step, frame = string.match(W.parent, '^([^|]+)|(%d+)|([^|]+)|[^|]*|(.*)$')
+  local pid, n, step, frame = parse_parent(W.parent)
   redis.call('HDEL', W.pkey, 'c:' .. W.id)
   if redis.call('HEXISTS', W.pkey, 't:' .. n) == 0 then
     return
@@ -185,7 +217,7 @@ end
 
 local function fail_budget(W)
   local max = W.max_steps or 0
-  finish(W, 'failed', 'error', cjson.encode({type = 'StepBudgetExceeded', step = W.refused,
+  finish(W, 'failed', 'error', cjson.encode({type = STEP_BUDGET_EXCEEDED, step = W.refused,
     message = 'workflow ' .. W.name .. ' ' .. W.id .. ' reached its budget of ' .. max ..
     ' steps (max_steps) before step ' .. tostring(W.refused) .. '; is a loop running away?'}))
 end
@@ -194,7 +226,7 @@ end
 -- it in its slot, launch the next waiting item (max_parallel), and when it was the last
 -- branch, enqueue the join step with every result in item order, in the group's own frame.
 local function branch_return(W, frame, value, join_stream, branch_stream)
-  local gid, idx = string.match(frame, '^(%d+)|(%d+)|')
+  local gid, idx = branch_slot(frame)
   local gkey = 'g:' .. gid
   local raw = redis.call('HGET', W.key, gkey)
   if not raw then
@@ -212,8 +244,7 @@ local function branch_return(W, frame, value, join_stream, branch_stream)
     if not seq then
       return fail_budget(W)
     end
-    enqueue(branch_stream, W, g.step, seq, item,
-      gid .. '|' .. g.launched .. '|' .. g.step .. '|' .. g.join)
+    enqueue(branch_stream, W, g.step, seq, item, branch_frame(gid, g.launched, g.step, g.join))
   end
   if g.left > 0 then
     redis.call('HSET', W.key, gkey, cjson.encode(g))
