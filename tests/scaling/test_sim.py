@@ -405,7 +405,6 @@ def test_cli_target_and_worker_options_reach_the_run() -> None:
         (["--min", "5", "--max", "2"], "1 <= min <= max"),
         (["--target", "0"], "target must be above 0"),
         (["--rate", "-5"], "rate of 0 tasks/s or more"),
-        (["--profile", "square"], "unknown profile 'square'"),
         (["--worker-rate", "0"], "worker rate"),
         (["--scale-down-window", "-1"], "cannot be negative"),
         (["--every", "0"], "--every"),
@@ -421,3 +420,11 @@ def test_cli_bad_input_is_one_readable_line(args: list[str], message: str) -> No
     assert len(lines) == 1 and lines[0].startswith("error:"), stderr
     assert message in lines[0]
     assert stdout == ""
+
+
+def test_cli_an_unknown_profile_is_refused_with_the_choices() -> None:
+    """``--profile`` is a choice: click refuses a bad one with its usage error (exit 2)."""
+    code, stdout, stderr = run("--duration", "60", "--profile", "square")
+    assert code == 2 and stdout == ""
+    assert "Traceback" not in stderr
+    assert "'square' is not one of" in stderr and "steady" in stderr

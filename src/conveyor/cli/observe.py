@@ -1,16 +1,26 @@
 """``conveyor exporter`` and ``conveyor top``: the queue exporter and the live terminal view.
 
-Added to the CLI by :func:`register`, which cli/main.py calls once its shared options and
-error handling exist (this module imports them from there, so it must not be imported by
-main.py before they are defined: the import happens inside :func:`register`). No
-``from __future__ import annotations`` here: typer reads the commands' annotations, which
-name register's local imports, so they must be evaluated where they are written.
+Added to the CLI by :func:`register` (also on a bare ``typer.Typer``, as the exporter's
+tests do). No ``from __future__ import annotations`` here: typer reads the commands'
+annotations, which are evaluated where they are written, inside :func:`register`.
 """
 
 import asyncio
 from typing import Annotated
 
 import typer
+
+from .common import (
+    LogFormat,
+    LogLevel,
+    LogLevelName,
+    Namespace,
+    Partitions,
+    RedisUrl,
+    out,
+    readable_errors,
+    settings_from,
+)
 
 #: The exporter's port unless --port says otherwise.
 EXPORTER_PORT = 9709
@@ -25,16 +35,6 @@ QueueOption = Annotated[
 
 def register(cli: typer.Typer) -> None:
     """Add the ``exporter`` and ``top`` commands to ``cli``."""
-    from .main import (
-        LogFormat,
-        LogLevel,
-        Namespace,
-        Partitions,
-        RedisUrl,
-        out,
-        readable_errors,
-        settings_from,
-    )
 
     @cli.command()
     @readable_errors
@@ -45,12 +45,14 @@ def register(cli: typer.Typer) -> None:
         redis_url: RedisUrl = None,
         namespace: Namespace = None,
         partitions: Partitions = None,
-        log_level: LogLevel = "INFO",
+        log_level: LogLevel = LogLevelName.INFO,
         log_format: LogFormat = None,
     ) -> None:
-        """Serve the queue gauges for Prometheus at /metrics (and /healthz): backlog, lag,
-        pending, oldest age and delayed tasks per queue and partition, dead letters, live
-        workers, and redis_stream_pending for autoscaling."""
+        """Serve the queue gauges for Prometheus at /metrics.
+
+        Backlog, lag, pending, oldest age and delayed tasks per queue and partition, dead
+        letters, live workers, and redis_stream_pending for autoscaling; /healthz too.
+        """
         from ..logs import setup_logging
         from ..observability.exporter import run_exporter
 
@@ -72,8 +74,10 @@ def register(cli: typer.Typer) -> None:
         namespace: Namespace = None,
         partitions: Partitions = None,
     ) -> None:
-        """A live view of queues, throughput, latency, workers and dead letters, refreshed
-        every --interval seconds until Ctrl-C."""
+        """A live view of queues, throughput, latency, workers and dead letters.
+
+        Refreshed every --interval seconds until Ctrl-C (or once, with --once).
+        """
         from ..observability.top import run_top
 
         settings = settings_from(redis_url, namespace, partitions)

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
 from ..storage.records import DeadLetter, WorkflowStatus
+
+if TYPE_CHECKING:
+    from ..http.core import Event
+    from ..storage.queries import WorkflowSummary
 
 STATUS_STYLE = {
     "completed": "green",
@@ -81,3 +86,51 @@ def print_dead_letters(console: Console, letters: list[DeadLetter]) -> None:
             error[:80], _time(d.failed_at),
         )  # fmt: skip
     console.print(table)
+
+
+def print_workflows(console: Console, items: list[WorkflowSummary]) -> None:
+    if not items:
+        console.print("no workflows")
+        return
+    table = Table("id", "workflow", "status", "step", "created", "updated")
+    for w in items:
+        style = STATUS_STYLE.get(w.status, "white")
+        table.add_row(
+            w.id, w.workflow, f"[{style}]{w.status}[/]", w.step or "-",
+            _time(_datetime(w.created_at)), _time(_datetime(w.updated_at)),
+        )  # fmt: skip
+    console.print(table)
+
+
+def _datetime(value: Any) -> datetime | None:
+    # a summary's times are datetimes from Redis, ISO strings from the API's JSON
+    return datetime.fromisoformat(value) if isinstance(value, str) else value
+
+
+def _epoch_ms(value: Any) -> datetime | None:
+    # the event stream carries times as milliseconds since the epoch
+    return datetime.fromtimestamp(value / 1000, tz=UTC) if isinstance(value, int) else None
+
+
+def event_line(event: Event) -> str:
+    """One event as one plain line: its id, its kind, then what happened."""
+    data = event.data if isinstance(event.data, dict) else {}
+    if event.event == "step":
+        took = _ms(_epoch_ms(data.get("started_at")), _epoch_ms(data.get("finished_at")))
+        what = (
+            f"{data.get('step')} task {data.get('task')} attempt {data.get('attempt')} "
+            f"{data.get('status')}" + (f" ({took} ms)" if took != "-" else "")
+        )
+        error = data.get("error")
+        if isinstance(error, dict):
+            what += f": {error.get('type')}: {error.get('message')}"
+    elif event.event == "emit":
+        what = (
+            f"{data.get('step')} task {data.get('task')} attempt {data.get('attempt')}: "
+            f"{json.dumps(data.get('data'))}"
+        )
+    elif event.event == "end":
+        what = str(data.get("status"))
+    else:
+        what = json.dumps(event.data)
+    return f"{event.id}  {event.event:<4}  {what}"

@@ -1,13 +1,12 @@
 """``conveyor autoscale-sim``: the HPA on a simulated queue, to choose a target and windows
 before deploying (the model: :mod:`conveyor.scaling.sim`).
 
-Added to the CLI by :func:`register`, which cli/main.py calls once its shared options and
-error handling exist (this module imports them from there, inside :func:`register`). No
-``from __future__ import annotations`` here: typer reads the command's annotations at
-definition time.
+Added to the CLI by :func:`register`. No ``from __future__ import annotations`` here: typer
+reads the command's annotations at definition time.
 """
 
 import json
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -16,7 +15,24 @@ from rich.table import Table
 
 from ..scaling.hpa import DEFAULT_BEHAVIOR
 from ..scaling.report import describe, plot, timeline, write_csv
-from ..scaling.sim import PROFILES, Result, SimConfig, clock, make_profile, simulate
+from ..scaling.sim import Result, SimConfig, clock, make_profile, simulate
+from .common import (
+    SCALE_DOWN_WINDOW,
+    SCALE_UP_WINDOW,
+    ScaleDownWindow,
+    ScaleUpWindow,
+    fail,
+    out,
+    readable_errors,
+)
+
+
+class ProfileName(StrEnum):
+    """The load profiles of conveyor.scaling.sim (PROFILES; a test keeps them equal)."""
+
+    steady = "steady"
+    spike = "spike"
+    sine = "sine"
 
 
 def _seconds(value: float | None) -> str:
@@ -67,14 +83,13 @@ def timeline_table(result: Result, every: int) -> Table:
 
 def register(cli: typer.Typer) -> None:
     """Add the ``autoscale-sim`` command to ``cli``."""
-    from .main import ScaleDownWindow, ScaleUpWindow, fail, out, readable_errors
 
     @cli.command("autoscale-sim")
     @readable_errors
     def autoscale_sim(
         profile: Annotated[
-            str, typer.Option("--profile", help=f"The load: {', '.join(PROFILES)}.")
-        ] = "steady",
+            ProfileName, typer.Option("--profile", case_sensitive=False, help="The load.")
+        ] = ProfileName.steady,
         rate: Annotated[
             float,
             typer.Option("--rate", help="Load in tasks/s (spike, sine: the base load)."),
@@ -139,8 +154,8 @@ def register(cli: typer.Typer) -> None:
             int,
             typer.Option("--startup", help="Seconds from asking for a worker to its serving."),
         ] = 20,
-        scale_up_window: ScaleUpWindow = DEFAULT_BEHAVIOR.scale_up.stabilization_window,
-        scale_down_window: ScaleDownWindow = DEFAULT_BEHAVIOR.scale_down.stabilization_window,
+        scale_up_window: ScaleUpWindow = SCALE_UP_WINDOW,
+        scale_down_window: ScaleDownWindow = SCALE_DOWN_WINDOW,
         every: Annotated[
             int, typer.Option("--every", help="Seconds per row of the printed timeline.")
         ] = 60,
@@ -155,11 +170,14 @@ def register(cli: typer.Typer) -> None:
             bool, typer.Option("--json", help="Print the parameters and summary as JSON.")
         ] = False,
     ) -> None:
-        """Simulate the HPA scaling workers on a queue's backlog under a load profile, and
-        print (and plot) replicas, backlog and latency over time. The rate policies are
-        Conveyor's shipped ones (DEFAULT_BEHAVIOR); see docs/autoscaling.md."""
+        """Simulate the Kubernetes HPA scaling workers on a queue's backlog.
+
+        Under a load profile, print (and plot) replicas, backlog and latency over time. The
+        rate policies are Conveyor's shipped ones (DEFAULT_BEHAVIOR); see
+        docs/autoscaling.md.
+        """
         config = SimConfig(
-            profile=make_profile(profile, rate, peak, spike_at, spike_for, period),
+            profile=make_profile(profile.value, rate, peak, spike_at, spike_for, period),
             worker_rate=worker_rate,
             service_time=service_time,
             duration=duration,

@@ -1,10 +1,8 @@
 """``conveyor acl``: print the least-privilege Redis ACL user of a namespace (the rules:
 :mod:`conveyor.storage.acl`; how to use it: docs/security.md).
 
-Added to the CLI by :func:`register`, which cli/main.py calls once its shared options and
-error handling exist (this module imports them from there, inside :func:`register`). No
-``from __future__ import annotations`` here: typer reads the command's annotations at
-definition time.
+Added to the CLI by :func:`register`. No ``from __future__ import annotations`` here: typer
+reads the command's annotations at definition time.
 """
 
 import os
@@ -14,11 +12,11 @@ import typer
 
 from ..errors import ConfigurationError
 from ..storage.acl import DEFAULT_USER, acl_setuser, aclfile_line, parse_version
+from .common import Namespace, err, out, readable_errors, settings_from
 
 
 def register(cli: typer.Typer) -> None:
     """Add the ``acl`` command to ``cli``."""
-    from .main import Namespace, err, out, readable_errors, settings_from
 
     @cli.command()
     @readable_errors
@@ -54,10 +52,13 @@ def register(cli: typer.Typer) -> None:
         ] = False,
         namespace: Namespace = None,
     ) -> None:
-        """Print the ACL SETUSER command of a Redis user that may run the engine (workers, API,
-        clients, CLI) in one namespace and nothing else: its keys and channels only, only
-        the commands Conveyor sends (no FLUSHALL, KEYS, CONFIG, DEBUG...). Paste it into
-        redis-cli as an admin. See docs/security.md."""
+        """Print the ACL SETUSER command of a least-privilege Redis user for a namespace.
+
+        The user may run the engine (workers, API, clients, CLI) in one namespace and
+        nothing else: its keys and channels only, only the commands Conveyor sends (no
+        FLUSHALL, KEYS, CONFIG, DEBUG...). Paste it into redis-cli as an admin. See
+        docs/security.md.
+        """
         settings = settings_from(None, namespace, None)
         password = None
         if password_env is not None:
