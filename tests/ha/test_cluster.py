@@ -129,8 +129,9 @@ async def test_slots_moving_under_load_lose_nothing(cluster: LocalCluster, names
         try:
             ids: list[str] = []
             mover = asyncio.create_task(asyncio.to_thread(move_partitions, cluster, keys))
+            deadline = time.monotonic() + 90
             while not mover.done() or len(ids) < 200:
-                ids += await client.start_many("triple", list(range(20)))  # type: ignore[arg-type]
+                ids += await start_many_retrying(client, f"b{len(ids)}", 20, deadline)
                 await asyncio.sleep(0.01)
             moved = await mover
             for wf_id in ids:
@@ -158,6 +159,23 @@ def stack_app(cluster: LocalCluster, namespace: str, **settings: Any) -> App:
         visibility_timeout=3.0,
         **settings,
     )
+
+
+async def start_many_retrying(
+    client: AsyncClient, key: str, count: int, deadline: float
+) -> list[str]:
+    """Start a batch as a real client does while slots move: a call that meets a passing
+    outage (e.g. "TTL exhausted" after too many redirections) raises, and the batch is sent
+    again with the same idempotency key, which starts nothing twice."""
+    while True:
+        try:
+            started = await client.start_many("triple", list(range(count)), idempotency_key=key)
+        except UNAVAILABLE:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+            continue
+        return [str(wf_id) for wf_id in started]
 
 
 async def start_retrying(client: AsyncClient, key: str, value: int, deadline: float) -> str:

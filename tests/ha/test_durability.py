@@ -188,8 +188,12 @@ async def test_a_worker_and_the_api_warn_at_start(
                 pass
         assert any("appendonly no" in r.getMessage() for r in caplog.records)
         with engine(server.url, namespace) as stack:
-            async with httpx.AsyncClient(base_url=stack.api_url) as http:
-                assert (await http.post("/v1/workflows/triple", json=1)).status_code == 202
+            async with httpx.AsyncClient(base_url=stack.api_url, timeout=90) as http:
+                started = await http.post("/v1/workflows/triple", json=1)
+                assert started.status_code == 202, started.text
+                # its result proves the worker got past its start (and its warning)
+                done = await http.get(f"{started.headers['location']}/result?wait=60")
+                assert done.status_code == 200, done.text
         assert "has appendonly no" in stack.output["worker0"]
         assert "has appendonly no" in stack.output["api"]
 
