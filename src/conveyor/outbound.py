@@ -365,23 +365,45 @@ def _pool_options(options: dict[str, Any]) -> dict[str, Any]:
 
 # httpx has no public way to give its transport an httpcore network backend; its transports
 # keep their pool in ``_pool`` (httpx 0.2x), so these replace it with one that has the
-# checking backend, and keep everything else of httpx's (request and error mapping).
-# tests/security/test_ssrf.py fails if that ever stops taking effect.
+# checking backend, and keep everything else of httpx's (request and error mapping). A
+# release that keeps the pool elsewhere fails closed: _swap_pool refuses to build the client
+# rather than hand out one that connects unchecked. tests/security/test_ssrf.py also fails if
+# the swap ever stops taking effect.
+
+
+def _swap_pool(transport: httpx.BaseTransport | httpx.AsyncBaseTransport, pool: Any) -> None:
+    expected = (
+        httpcore.AsyncConnectionPool
+        if isinstance(transport, httpx.AsyncBaseTransport)
+        else httpcore.ConnectionPool
+    )
+    if not isinstance(getattr(transport, "_pool", None), expected):
+        raise RuntimeError(
+            f"httpx {httpx.__version__} keeps no httpcore pool where conveyor.outbound "
+            "installs its address check: refusing to build an unchecked client"
+        )
+    transport._pool = pool  # type: ignore[union-attr, unused-ignore]
 
 
 class _AsyncTransport(httpx.AsyncHTTPTransport):
     def __init__(self, policy: OutboundPolicy, **options: Any) -> None:
         super().__init__(trust_env=False, **options)
-        self._pool = httpcore.AsyncConnectionPool(
-            **_pool_options(options), network_backend=AsyncOutboundBackend(policy)
+        _swap_pool(
+            self,
+            httpcore.AsyncConnectionPool(
+                **_pool_options(options), network_backend=AsyncOutboundBackend(policy)
+            ),
         )
 
 
 class _Transport(httpx.HTTPTransport):
     def __init__(self, policy: OutboundPolicy, **options: Any) -> None:
         super().__init__(trust_env=False, **options)
-        self._pool = httpcore.ConnectionPool(
-            **_pool_options(options), network_backend=OutboundBackend(policy)
+        _swap_pool(
+            self,
+            httpcore.ConnectionPool(
+                **_pool_options(options), network_backend=OutboundBackend(policy)
+            ),
         )
 
 

@@ -27,6 +27,7 @@ from conveyor.errors import ConfigurationError, NonRetryableError
 from conveyor.outbound import (
     AsyncOutboundBackend,
     OutboundPolicy,
+    _swap_pool,
     blocked_reason,
     outbound_client,
     outbound_sync_client,
@@ -345,3 +346,14 @@ async def test_a_step_that_is_refused_fails_at_once(
             await client.result(wf_id, timeout=10)
         assert len((await client.status(wf_id)).history) == 1  # not retried
     assert a.requests == []
+
+
+def test_a_transport_that_keeps_no_pool_is_refused_not_left_unchecked() -> None:
+    """The check lives in httpx's transport pool; an httpx that keeps it elsewhere must make
+    outbound_client fail, never build a client that connects without the check."""
+
+    class Elsewhere(httpx.AsyncBaseTransport):
+        pass
+
+    with pytest.raises(RuntimeError, match="refusing to build an unchecked client"):
+        _swap_pool(Elsewhere(), None)
