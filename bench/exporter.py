@@ -1,7 +1,7 @@
 """Cost of one queue-exporter scrape with many partitions.
 
 What it measures: the time of ``QueueExporter.render()`` (snapshot + Prometheus text) and of
-the snapshot alone, over ``--scrapes`` scrapes after a warm-up, as the median, p99 and max;
+the snapshot alone, over ``--scrapes`` scrapes after a warm-up, as p50, p99 and max;
 the round trips per scrape (counted at the connection pool: one connection checkout per
 command or pipeline, the same number the snapshot reports) and what Redis spent (INFO
 commandstats: calls and microseconds, diffed); the size of the exposition. For comparison,
@@ -33,18 +33,15 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
-import math
 import os
-import statistics
 import sys
 import time
 import uuid
 from typing import Any
 
+from common import RedisMeter, run_main, summarize
+
 from conveyor import codec
-from conveyor.embedded import EmbeddedRedis
 from conveyor.observability.queues import QueueExporter
 from conveyor.settings import Settings
 from conveyor.storage.connection import connect
@@ -52,22 +49,6 @@ from conveyor.storage.store import Store
 
 QUEUES = ("default", "llm")
 CONSUMERS = 8
-
-
-def percentile(sorted_values: list[float], q: float) -> float:
-    """Nearest-rank percentile of an already sorted list."""
-    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
-    return sorted_values[min(rank, len(sorted_values)) - 1]
-
-
-def summarize(values_s: list[float]) -> dict[str, float]:
-    ms = sorted(v * 1000 for v in values_s)
-    return {
-        "median_ms": statistics.median(ms),
-        "p99_ms": percentile(ms, 99),
-        "max_ms": ms[-1],
-        "mean_ms": statistics.fmean(ms),
-    }
 
 
 class RoundTrips:
@@ -144,21 +125,14 @@ async def unpipelined(store: Store) -> None:
         await r.xlen(k.dead(p))
 
 
-async def redis_cost(redis: Any) -> dict[str, tuple[int, int]]:
-    stats = await redis.info("commandstats")
-    return {
-        name.removeprefix("cmdstat_"): (int(v["calls"]), int(v["usec"]))
-        for name, v in stats.items()
-    }
-
-
-async def timed(action: Any, n: int) -> list[float]:
+async def timed(action: Any, n: int) -> dict[str, float]:
+    """``summarize`` of ``n`` awaited calls of ``action``, in ms."""
     times = []
     for _ in range(n):
         started = time.perf_counter()
         await action()
-        times.append(time.perf_counter() - started)
-    return times
+        times.append((time.perf_counter() - started) * 1000)
+    return summarize(times)
 
 
 async def run(args: argparse.Namespace, url: str, version: str) -> dict[str, Any]:
@@ -177,27 +151,24 @@ async def run(args: argparse.Namespace, url: str, version: str) -> dict[str, Any
         body = await exporter.render()
 
         trips = RoundTrips(redis)
-        before = await redis_cost(redis)
-        render_times = await timed(exporter.render, args.scrapes)
-        after = await redis_cost(redis)
-        render_trips = (trips.count - 2) / args.scrapes  # less the two INFO calls
-        snapshot_times = await timed(exporter.snapshot, args.scrapes)
-        naive_times = await timed(lambda: unpipelined(store), max(5, args.scrapes // 10))
-
-        calls = usec = 0
-        for name, (c, u) in after.items():
-            if name != "info":
-                c0, u0 = before.get(name, (0, 0))
-                calls, usec = calls + c - c0, usec + u - u0
+        meter = RedisMeter(redis)
+        await meter.start()
+        render = await timed(exporter.render, args.scrapes)
+        cost = await meter.stop()
+        render_trips = (trips.count - 4) / args.scrapes  # less the meter's four INFO calls
+        snapshot = await timed(exporter.snapshot, args.scrapes)
+        naive = await timed(lambda: unpipelined(store), max(5, args.scrapes // 10))
+        calls = sum(c["calls"] for c in cost["commands"].values())
+        usec = sum(c["usec"] for c in cost["commands"].values())
         return {
             "redis": version,
             "partitions": args.partitions,
             "streams": len(snap.streams),
             "fill_s": round(fill_s, 2),
             "scrapes": args.scrapes,
-            "render": summarize(render_times),
-            "snapshot": summarize(snapshot_times),
-            "unpipelined_first_round_trip": summarize(naive_times),
+            "render": render,
+            "snapshot": snapshot,
+            "unpipelined_first_round_trip": naive,
             "round_trips_per_scrape": render_trips,
             "round_trips_reported": snap.round_trips,
             "redis_commands_per_scrape": calls / args.scrapes,
@@ -211,8 +182,8 @@ async def run(args: argparse.Namespace, url: str, version: str) -> dict[str, Any
 
 def report(result: dict[str, Any]) -> None:
     def line(label: str, s: dict[str, float]) -> None:
-        print(f"  {label:<34} median {s['median_ms']:7.2f} ms   p99 {s['p99_ms']:7.2f} ms"
-              f"   max {s['max_ms']:7.2f} ms")  # fmt: skip
+        print(f"  {label:<34} p50 {s['p50']:7.2f} ms   p99 {s['p99']:7.2f} ms"
+              f"   max {s['max']:7.2f} ms")  # fmt: skip
 
     print(f"queue exporter: {result['partitions']} partitions x {len(QUEUES)} queues = "
           f"{result['streams']} streams, Redis {result['redis']}, "
@@ -245,15 +216,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    with EmbeddedRedis(appendonly=False) as server:
-        result = asyncio.run(run(args, server.url, server.version))
-    if args.json:
-        json.dump(result, sys.stdout, indent=2)
-        print()
-    else:
-        report(result)
-    return 0
+    return run_main(parse_args(argv), run, report=report)
 
 
 if __name__ == "__main__":

@@ -52,11 +52,13 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
-from throughput import (
+from common import (
     RedisMeter,
     delete_namespace,
+    describe,
     machine_info,
     new_namespace,
+    print_profile,
     process_cpu,
     profile_report,
     run_main,
@@ -526,19 +528,6 @@ def print_table(results: dict[str, list[Metrics]], args: argparse.Namespace) -> 
         )
 
 
-def print_profile(name: str, report: dict[str, Any], m: Metrics) -> None:
-    print(f"\nprofile of scenario {name!r} ({m['tasks']:,.0f} tasks, {m['seconds']:.2f}s timed)")
-    print("\nown time by package:")
-    per_task = 1e6 / m["tasks"]
-    for group, t, share in report["groups"]:
-        if share >= 0.005:
-            print(f"  {group:<48} {t:>7.3f}s {share:>6.1%}  {t * per_task:>6.1f} us/task")
-    print("\ntop functions by own (total) time:")
-    print(report["tottime"])
-    print("top functions by cumulative time:")
-    print(report["cumulative"])
-
-
 # -- main ------------------------------------------------------------------------------------
 
 
@@ -613,20 +602,19 @@ async def run(args: argparse.Namespace, redis_url: str, redis_version: str) -> d
         "conveyor": source_info(),
         "args": vars(args),
     }
-    say = (lambda *a, **k: None) if args.json else print
-    m = out["machine"]
-    say(
-        f"python {m['python']}, redis {redis_version}, {m['cpus']} CPUs ({m['cpu']}), "
-        f"loop {m['loop']}, load average " + " ".join(f"{x:.2f}" for x in m["loadavg_at_start"])
-    )
-    say(f"conveyor from {out['conveyor']['path']} (commit {out['conveyor']['commit']})\n")
+    if not args.json:
+        print(describe(out["machine"], out["conveyor"]) + "\n")
     if args.profile:
         profiler = cProfile.Profile()
         metrics = await RUNNERS[args.profile](args, redis_url, profiler)
         report = profile_report(profiler, args.top)
         out["profile"] = {"scenario": args.profile, "metrics": metrics, **report}
         if not args.json:
-            print_profile(args.profile, report, metrics)
+            title = (
+                f"profile of scenario {args.profile!r} ({metrics['tasks']:,.0f} tasks, "
+                f"{metrics['seconds']:.2f}s timed)"
+            )
+            print_profile(title, report, metrics["tasks"], "task")
         return out
     results: dict[str, list[Metrics]] = {}
     for name in [s for s in SCENARIOS if s in (args.only or SCENARIOS)]:

@@ -1,14 +1,11 @@
 """A small HTTP/1.1 load generator: N keep-alive connections, each sending one request after
-another for a fixed time (closed loop), in one or more processes.
+another for a fixed time (closed loop), in one process.
 
-``bench/api.py`` uses it for the batch route (few connections, large bodies, exact counts)
-and, where ``wrk`` is not installed, for single submissions too. It is written in Python, so
-at high request rates it can be the bottleneck itself: it reports its own CPU time, and a
-reader should compare that with the wall time (``cpu_s / seconds`` near the number of cores
-it had means it was the limit).
-
-Unlike wrk it lets every request in flight finish after the time is up, so the number of 2xx
-responses is exactly what the server accepted.
+``bench/api.py`` uses wrk for request rates and latencies, and this only for the batch route
+(few connections, large bodies, exact counts): unlike wrk it lets every request in flight
+finish after the time is up, so the number of 2xx responses is exactly what the server
+accepted. It is written in Python, so at high request rates it would be the bottleneck
+itself: it reports its own CPU time (``cpu_s / seconds`` near 1 means it was the limit).
 
 Examples::
 
@@ -23,16 +20,14 @@ import argparse
 import asyncio
 import contextlib
 import json
-import math
-import os
-import resource
 import sys
 import time
 from array import array
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
+
+from common import percentile, process_cpu
 
 
 def build_request(url: str, method: str, body: bytes, content_type: str) -> tuple[str, int, bytes]:
@@ -127,8 +122,8 @@ async def connection(
             await writer.wait_closed()
 
 
-async def run_process(
-    url: str, request: bytes, connections: int, seconds: float, start_at: float, grace: float
+async def run_load(
+    url: str, request: bytes, connections: int, seconds: float, grace: float
 ) -> dict[str, Any]:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
@@ -139,36 +134,13 @@ async def run_process(
         "bytes": 0,
         "last": 0.0,
     }
-    await asyncio.sleep(max(0.0, start_at - time.time()))
     begin = time.perf_counter()
     deadline = begin + seconds
     await asyncio.gather(
         *(connection(host, port, request, deadline, grace, out) for _ in range(connections))
     )
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return {
-        "latencies": out["latencies"].tobytes(),
-        "statuses": dict(out["statuses"]),
-        "errors": dict(out["errors"]),
-        "bytes": out["bytes"],
-        "elapsed": max(out["last"], deadline) - begin,
-        "cpu_s": usage.ru_utime + usage.ru_stime,
-    }
-
-
-def _process_main(args: tuple[str, bytes, int, float, float, float]) -> dict[str, Any]:
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        uvloop.install()
-    return asyncio.run(run_process(*args))
-
-
-def percentile(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
-    return sorted_values[min(rank, len(sorted_values)) - 1]
+    out["elapsed"] = max(out["last"], deadline) - begin
+    return out
 
 
 def run(
@@ -179,50 +151,37 @@ def run(
     content_type: str = "application/json",
     seconds: float = 10.0,
     connections: int = 64,
-    procs: int = 1,
     grace: float = 30.0,
 ) -> dict[str, Any]:
     """Run the load and return its summary (latencies in ms)."""
     _, _, request = build_request(url, method, body, content_type)
-    procs = max(1, min(procs, connections))
-    shares = [connections // procs + (1 if i < connections % procs else 0) for i in range(procs)]
-    start_at = time.time() + 0.3 + 0.2 * procs
-    jobs = [(url, request, share, seconds, start_at, grace) for share in shares]
-    if procs == 1:
-        results = [_process_main(jobs[0])]
-    else:
-        with ProcessPoolExecutor(procs) as pool:
-            results = list(pool.map(_process_main, jobs))
-    latencies: list[float] = []
-    statuses: Counter[int] = Counter()
-    errors: Counter[str] = Counter()
-    for res in results:
-        values = array("d")
-        values.frombytes(res["latencies"])
-        latencies.extend(values)
-        statuses.update(res["statuses"])
-        errors.update(res["errors"])
-    latencies.sort()
-    elapsed = max(res["elapsed"] for res in results)
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        uvloop.install()
+    res = asyncio.run(run_load(url, request, connections, seconds, grace))
+    latencies = sorted(res["latencies"])
+    statuses: Counter[int] = res["statuses"]
+    elapsed = res["elapsed"]
     ok = sum(n for code, n in statuses.items() if 200 <= code < 300)
     responses = sum(statuses.values())
     return {
-        "tool": f"bench/loadgen.py ({procs} process{'es' if procs > 1 else ''}, asyncio)",
+        "tool": "bench/loadgen.py (asyncio)",
         "seconds": elapsed,
         "connections": connections,
         "responses": responses,
         "ok": ok,
         "non_2xx": responses - ok,
-        "socket_errors": sum(errors.values()),
+        "socket_errors": sum(res["errors"].values()),
         "statuses": {str(k): v for k, v in sorted(statuses.items())},
-        "errors": dict(errors),
+        "errors": dict(res["errors"]),
         "rps": responses / elapsed if elapsed else 0.0,
-        "bytes": sum(res["bytes"] for res in results),
+        "bytes": res["bytes"],
         "p50_ms": percentile(latencies, 50) * 1e3,
         "p90_ms": percentile(latencies, 90) * 1e3,
         "p99_ms": percentile(latencies, 99) * 1e3,
         "max_ms": (latencies[-1] if latencies else float("nan")) * 1e3,
-        "cpu_s": sum(res["cpu_s"] for res in results),
+        "cpu_s": process_cpu(),
     }
 
 
@@ -237,7 +196,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--content-type", default="application/json")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--connections", "-c", type=int, default=64)
-    parser.add_argument("--procs", type=int, default=1, help="load generator processes")
     parser.add_argument("--grace", type=float, default=30.0, help="timeout of one request (s)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = parser.parse_args(argv)
@@ -253,7 +211,6 @@ def main(argv: list[str] | None = None) -> None:
         content_type=args.content_type,
         seconds=args.seconds,
         connections=args.connections,
-        procs=args.procs,
         grace=args.grace,
     )
     if args.json:
@@ -264,8 +221,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{res['responses']} responses in {res['seconds']:.2f} s = {res['rps']:,.0f}/s, "
         f"2xx {res['ok']}, non-2xx {res['non_2xx']}, socket errors {res['socket_errors']}; "
         f"latency p50 {res['p50_ms']:.2f} ms, p99 {res['p99_ms']:.2f} ms; "
-        f"loadgen CPU {res['cpu_s']:.2f} s ({res['cpu_s'] / res['seconds']:.2f} cores of "
-        f"{os.cpu_count()})"
+        f"loadgen CPU {res['cpu_s']:.2f} s ({res['cpu_s'] / res['seconds']:.2f} cores)"
     )
 
 

@@ -20,28 +20,14 @@ and uses a unique key prefix.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import resource
 import statistics
 import sys
 import time
-import uuid
 from typing import Any
 
 import redis.asyncio as aredis
-
-from conveyor.embedded import EmbeddedRedis
-
-
-def process_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-async def redis_cpu(r: aredis.Redis) -> float:
-    info = await r.info("cpu")
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+from common import RedisMeter, delete_namespace, new_namespace, process_cpu, run_main
 
 
 async def preload(r: aredis.Redis, stream: str, n: int) -> None:
@@ -74,16 +60,18 @@ async def drain(r: aredis.Redis, args: argparse.Namespace, stream: str, prefix: 
 
 async def run_once(url: str, args: argparse.Namespace) -> dict[str, Any]:
     r = aredis.Redis.from_url(url)
-    prefix = f"naive-{uuid.uuid4().hex[:8]}"
+    prefix = new_namespace("naive")
     stream = f"{prefix}:tasks"
+    meter = RedisMeter(r)
     try:
         await r.xgroup_create(stream, "workers", id="0", mkstream=True)
         await preload(r, stream, args.n)
-        cpu0, rcpu0 = process_cpu(), await redis_cpu(r)
+        cpu0 = process_cpu()
+        await meter.start()
         t0 = time.perf_counter()
         done = await drain(r, args, stream, prefix)
         elapsed = time.perf_counter() - t0
-        cpu, rcpu = process_cpu() - cpu0, await redis_cpu(r) - rcpu0
+        cpu, rcpu = process_cpu() - cpu0, (await meter.stop())["cpu_s"]
         return {
             "jobs": done,
             "seconds": elapsed,
@@ -92,9 +80,7 @@ async def run_once(url: str, args: argparse.Namespace) -> dict[str, Any]:
             "redis_cpu_us_per_job": rcpu / done * 1e6,
         }
     finally:
-        keys = [k async for k in r.scan_iter(match=f"{prefix}:*", count=1000)]
-        for i in range(0, len(keys), 1000):
-            await r.unlink(*keys[i : i + 1000])
+        await delete_namespace(r, prefix)
         await r.aclose()
 
 
@@ -113,27 +99,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-async def run(url: str, args: argparse.Namespace) -> list[dict[str, Any]]:
-    return [await run_once(url, args) for _ in range(args.repeat)]
+async def run(args: argparse.Namespace, url: str, version: str) -> dict[str, Any]:
+    return {"args": vars(args), "runs": [await run_once(url, args) for _ in range(args.repeat)]}
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    server = None
-    try:
-        if args.redis_url:
-            url = args.redis_url
-        else:
-            server = EmbeddedRedis(appendonly=False).start()
-            url = server.url
-        runs = asyncio.run(run(url, args))
-    finally:
-        if server is not None:
-            server.close()
-    if args.json:
-        json.dump({"args": vars(args), "runs": runs}, sys.stdout, indent=2)
-        print()
-        return 0
+def report(result: dict[str, Any]) -> None:
+    args, runs = argparse.Namespace(**result["args"]), result["runs"]
     trips = 2 + int(args.state) + int(args.xdel)
     print(
         f"naive worker: XREADGROUP COUNT {args.count}"
@@ -152,7 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     if len(runs) > 1:
         rates = [r["jobs_per_s"] for r in runs]
         print(f"median {statistics.median(rates):,.0f} jobs/s, best {max(rates):,.0f} jobs/s")
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main(parse_args(argv), run, report=report)
 
 
 if __name__ == "__main__":

@@ -38,26 +38,32 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
-import io
-import json
-import math
 import multiprocessing
 import os
-import platform
-import pstats
-import resource
 import signal
 import statistics
 import sys
 import time
-import uuid
 from collections import defaultdict
-from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from common import (
+    RedisMeter,
+    delete_namespace,
+    describe,
+    machine_info,
+    new_namespace,
+    print_profile,
+    process_cpu,
+    profile_report,
+    run_main,
+    source_info,
+    summarize,
+    wait_for_count,
+)
+
 from conveyor import App, AsyncClient, Worker, Workflow
-from conveyor.embedded import EmbeddedRedis
 from conveyor.storage.connection import connect
 
 # -- the workflows --------------------------------------------------------------------------
@@ -86,70 +92,6 @@ def build_app(redis_url: str, namespace: str, partitions: int) -> App:
     return App(
         workflows=[single, three], redis_url=redis_url, namespace=namespace, partitions=partitions
     )
-
-
-def new_namespace(label: str) -> str:
-    return f"bench-{label}-{uuid.uuid4().hex[:8]}"
-
-
-# -- measuring helpers ----------------------------------------------------------------------
-
-
-def percentile(sorted_values: list[float], q: float) -> float:
-    """Nearest-rank percentile of an already sorted list."""
-    if not sorted_values:
-        return float("nan")
-    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
-    return sorted_values[min(rank, len(sorted_values)) - 1]
-
-
-def summarize(values_ms: list[float]) -> dict[str, float]:
-    values = sorted(values_ms)
-    if not values:
-        return {"count": 0}
-    return {
-        "count": len(values),
-        "mean": statistics.fmean(values),
-        "p50": percentile(values, 50),
-        "p90": percentile(values, 90),
-        "p99": percentile(values, 99),
-        "max": values[-1],
-    }
-
-
-class RedisMeter:
-    """Redis-side cost of an interval: INFO commandstats and used CPU, diffed (read only)."""
-
-    def __init__(self, redis: Any) -> None:
-        self.redis = redis
-        self.before: dict[str, Any] = {}
-
-    async def _snapshot(self) -> dict[str, Any]:
-        cmd = await self.redis.info("commandstats")
-        cpu = await self.redis.info("cpu")
-        stats = {
-            name.removeprefix("cmdstat_"): (int(v["calls"]), int(v["usec"]))
-            for name, v in cmd.items()
-        }
-        used = float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
-        return {"commands": stats, "cpu": used}
-
-    async def start(self) -> None:
-        self.before = await self._snapshot()
-
-    async def stop(self) -> dict[str, Any]:
-        after = await self._snapshot()
-        commands = {}
-        for name, (calls, usec) in after["commands"].items():
-            calls0, usec0 = self.before["commands"].get(name, (0, 0))
-            if calls - calls0 > 0 and name not in ("info",):
-                commands[name] = {"calls": calls - calls0, "usec": usec - usec0}
-        return {"cpu_s": after["cpu"] - self.before["cpu"], "commands": commands}
-
-
-def process_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 @dataclass
@@ -188,13 +130,6 @@ async def preload(client: AsyncClient, workflow: str, n: int, concurrency: int) 
         await asyncio.gather(*(client.start(workflow, None) for _ in range(chunk)))
         done += chunk
     return time.perf_counter() - t0
-
-
-async def wait_for_count(stats: Any, expected: int, poll_s: float = 0.001) -> None:
-    # The worker offers no "n transitions done" event; polling its counters every ms costs
-    # ~1,000 cheap wake-ups a second, negligible next to the work measured.
-    while stats.completed + stats.duplicates + stats.errors + stats.dead < expected:  # noqa: ASYNC110
-        await asyncio.sleep(poll_s)
 
 
 async def drain_scenario(
@@ -253,17 +188,6 @@ async def drain_scenario(
         if args.redis_url:
             await delete_namespace(meter_conn, namespace)
         await meter_conn.aclose()
-
-
-async def delete_namespace(redis: Any, namespace: str) -> None:
-    batch: list[bytes] = []
-    async for key in redis.scan_iter(match=f"{namespace}:*", count=1000):
-        batch.append(key)
-        if len(batch) >= 1000:
-            await redis.unlink(*batch)
-            batch.clear()
-    if batch:
-        await redis.unlink(*batch)
 
 
 # -- latency --------------------------------------------------------------------------------
@@ -431,113 +355,7 @@ async def wait_seen(listener: FinishListener, ids: list[str], timeout: float = 6
         await asyncio.sleep(0.01)
 
 
-# -- profile --------------------------------------------------------------------------------
-
-_GROUPS = (
-    ("conveyor", "conveyor (engine Python)"),
-    ("redis/", "redis-py (commands, pipelines, connections)"),
-    ("asyncio/", "asyncio (event loop, tasks, futures)"),
-    ("selectors", "asyncio (event loop, tasks, futures)"),
-    ("_asyncio", "asyncio (event loop, tasks, futures)"),
-    ("hiredis", "hiredis (C: reply parsing; packing if patched)"),
-    ("orjson", "orjson (C)"),
-    ("_socket", "socket and epoll syscalls"),
-    ("select.epoll", "socket and epoll syscalls"),
-    ("bench/", "benchmark harness (and experiment patches)"),
-)
-
-
-def _own_group(key: tuple[str, int, str]) -> str | None:
-    filename, _, func = key
-    where = f"{filename} {func}"
-    for needle, name in _GROUPS:
-        if needle in where:
-            return name
-    return None
-
-
-def _group(key: tuple[str, int, str]) -> str:
-    named = _own_group(key)
-    if named is not None:
-        return named
-    if key[0] == "~":
-        return "other builtins"
-    return "other Python (" + os.path.basename(key[0]) + ")"
-
-
-def _group_times(raw: dict[Any, Any]) -> dict[str, float]:
-    """Own time per package. Generic builtins (isinstance, bytes.join, str.encode, len...)
-    are charged to the package of their caller, so redis-py's packing loop counts as
-    redis-py, not as "builtins"; C extensions with a group of their own keep it."""
-    groups: dict[str, float] = defaultdict(float)
-    for key, (_, _, tt, _, callers) in raw.items():
-        if key[0] == "~" and _own_group(key) is None and callers:
-            for caller, caller_stats in callers.items():
-                groups[_group(caller)] += caller_stats[2]
-        else:
-            groups[_group(key)] += tt
-    return groups
-
-
-def profile_report(profiler: cProfile.Profile, top: int = 25) -> dict[str, Any]:
-    buf = io.StringIO()
-    stats = pstats.Stats(profiler, stream=buf)
-    stats.strip_dirs()
-    stats.sort_stats("cumulative").print_stats(top)
-    cumulative = buf.getvalue()
-    buf.truncate(0)
-    buf.seek(0)
-    stats.sort_stats("tottime").print_stats(top)
-    total = buf.getvalue()
-    # group own time by package (from the unstripped stats)
-    groups = _group_times(pstats.Stats(profiler).stats)  # type: ignore[attr-defined]
-    all_time = sum(groups.values()) or 1.0
-    by_group = sorted(groups.items(), key=lambda kv: -kv[1])
-    return {
-        "cumulative": cumulative,
-        "tottime": total,
-        "groups": [(name, t, t / all_time) for name, t in by_group],
-    }
-
-
 # -- output ---------------------------------------------------------------------------------
-
-
-def source_info() -> dict[str, Any]:
-    """Which conveyor is measured: its path, and the commit when it is a git checkout."""
-    import subprocess
-
-    import conveyor
-
-    where = os.path.dirname(conveyor.__file__)
-    info: dict[str, Any] = {"path": where, "commit": None}
-    with contextlib.suppress(OSError, subprocess.CalledProcessError):
-        out = subprocess.run(
-            ["git", "-C", where, "describe", "--always", "--dirty", "--exclude", "*"],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        info["commit"] = out.stdout.strip() or None
-    return info
-
-
-def machine_info(redis_version: str) -> dict[str, Any]:
-    cpu = platform.processor() or ""
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cpus": os.cpu_count(),
-        "redis": redis_version,
-        "loop": type(asyncio.get_event_loop_policy()).__module__,
-        "loadavg_at_start": os.getloadavg(),
-    }
 
 
 def print_drain(results: list[DrainResult]) -> None:
@@ -603,22 +421,6 @@ def print_latency(res: dict[str, Any]) -> None:
         print(f"  {label:<44} {s['p50']:>7.3f} {s['p90']:>7.3f} {s['p99']:>7.3f} {s['max']:>7.3f}")
 
 
-def print_profile(report: dict[str, Any], result: DrainResult) -> None:
-    print(
-        f"\nprofile of scenario 'single' ({result.workflows} workflows, "
-        f"{result.workflows_per_s:,.0f} wf/s under the profiler)"
-    )
-    print("\nown time by package:")
-    per_wf = 1e6 / result.workflows
-    for name, t, share in report["groups"]:
-        if share >= 0.005:
-            print(f"  {name:<48} {t:>7.3f}s {share:>6.1%}  {t * per_wf:>6.1f} us/wf")
-    print("\ntop functions by cumulative time:")
-    print(report["cumulative"])
-    print("top functions by own (total) time:")
-    print(report["tottime"])
-
-
 # -- main -----------------------------------------------------------------------------------
 
 
@@ -679,21 +481,19 @@ async def run(args: argparse.Namespace, redis_url: str, redis_version: str) -> d
         "conveyor": source_info(),
         "args": vars(args),
     }
-    say = (lambda *a, **k: None) if args.json else print
-    say(
-        f"python {out['machine']['python']}, redis {redis_version}, "
-        f"{out['machine']['cpus']} CPUs ({out['machine']['cpu']}), loop {out['machine']['loop']}"
-        f"{' (eager tasks)' if args.eager_tasks else ''}, load average "
-        + " ".join(f"{x:.2f}" for x in out["machine"]["loadavg_at_start"])
-    )
-    say(f"conveyor from {out['conveyor']['path']} (commit {out['conveyor']['commit']})")
+    if not args.json:
+        print(describe(out["machine"], out["conveyor"], " (eager tasks)" * args.eager_tasks))
     if args.profile:
         profiler = cProfile.Profile()
         result = await drain_scenario(args, redis_url, "bench_single", 1, profiler)
         report = profile_report(profiler, args.top)
         out["profile"] = {"result": asdict(result), **report}
         if not args.json:
-            print_profile(report, result)
+            title = (
+                f"profile of scenario 'single' ({result.workflows} workflows, "
+                f"{result.workflows_per_s:,.0f} wf/s under the profiler)"
+            )
+            print_profile(title, report, result.workflows, "wf")
         return out
     scenarios = args.only or ["single", "three", "latency"]
     drains: list[DrainResult] = []
@@ -713,37 +513,6 @@ async def run(args: argparse.Namespace, redis_url: str, redis_version: str) -> d
             print()
             print_latency(res)
     return out
-
-
-def run_main(
-    args: argparse.Namespace,
-    run: Callable[[argparse.Namespace, str, str], Coroutine[Any, Any, dict[str, Any]]],
-    expected: tuple[type[Exception], ...] = (),
-) -> int:
-    """Run a benchmark's ``run(args, redis_url, version)`` against ``--redis-url`` or a
-    private Redis, print ``--json`` output, and turn ``expected`` errors into exit code 1."""
-    if args.uvloop:
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    server: EmbeddedRedis | None = None
-    try:
-        if args.redis_url:
-            url, version = args.redis_url, "external"
-        else:
-            server = EmbeddedRedis(appendonly=False).start()
-            url, version = server.url, server.version
-        result = asyncio.run(run(args, url, version))
-    except expected as exc:
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        if server is not None:
-            server.close()
-    if args.json:
-        json.dump(result, sys.stdout, indent=2, default=str)
-        print()
-    return 0
 
 
 def trace_to_nowhere() -> None:

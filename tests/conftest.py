@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,9 @@ import redis.asyncio as aredis
 
 from conveyor import App, AsyncClient, Worker, Workflow
 from conveyor.embedded import EmbeddedRedis, find_redis_servers, server_version
+from conveyor.settings import Settings
 from conveyor.storage.connection import connect
+from conveyor.storage.store import Store
 from tests.topologies import LocalCluster, SentinelGroup
 
 SERVERS = find_redis_servers()
@@ -64,6 +66,29 @@ async def redis(redis_server: EmbeddedRedis) -> AsyncIterator[aredis.Redis]:
     client: Any = connect(redis_server.url)
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+def make_store(
+    redis: aredis.Redis, redis_server: EmbeddedRedis, namespace: str
+) -> Callable[..., Awaitable[Store]]:
+    """Make a Store on the test's namespace (2 partitions unless ``settings`` say otherwise),
+    with the consumer groups of ``queues`` created."""
+
+    async def make(*queues: str, **settings: Any) -> Store:
+        options = {"redis_url": redis_server.url, "namespace": namespace, "partitions": 2}
+        store = Store(redis, Settings(**{**options, **settings}))
+        if queues:
+            await store.ensure_groups(list(queues))
+        return store
+
+    return make
+
+
+@pytest.fixture
+async def store(make_store: Callable[..., Awaitable[Store]]) -> Store:
+    """A Store with the groups of the ``default`` queue."""
+    return await make_store("default")
 
 
 TEST_SETTINGS: dict[str, Any] = {"partitions": 4, "visibility_timeout": 2.0, "max_deliveries": 3}

@@ -11,7 +11,6 @@ import importlib.util
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ import redis
 
 from conveyor import App, AsyncClient, Worker, Workflow, WorkflowStatus
 from conveyor.embedded import EmbeddedRedis
+from tests.helpers import until_async
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -151,13 +151,12 @@ async def run_until_parked(
     worker = Worker(app, block_ms=50, promote_interval=0.02)
     task = asyncio.create_task(worker.run())
     try:
-        deadline = time.monotonic() + timeout
-        while True:
+
+        async def parked() -> list[WorkflowStatus] | None:
             statuses = [await client.status(workflow_id) for workflow_id in ids]
-            if all(s.status in PARKED for s in statuses):
-                return statuses
-            assert time.monotonic() < deadline, [s.status for s in statuses]
-            await asyncio.sleep(0.02)
+            return statuses if all(s.status in PARKED for s in statuses) else None
+
+        return await until_async(parked, timeout, what=f"{ids} finished or parked")
     finally:
         worker.request_stop()
         await task

@@ -26,11 +26,12 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from tests.helpers import until
 
 from .helm import NAMESPACE, Obj, Pod, by_kind, container_port, environment, expand, selects
 
@@ -162,16 +163,19 @@ class Cluster:
 def wait_ok(url: str, pod: Running, timeout: float = 40) -> httpx.Response:
     """Poll ``url`` (a probe) until it answers 200, as the kubelet would; fail with the
     pod's output if its process exits or the probe never passes."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
+    last: list[Any] = [None]
+
+    def answered() -> httpx.Response | None:
         if pod.process.poll() is not None:
             raise AssertionError(f"{pod.name} exited ({pod.process.returncode}):\n{pod.output()}")
         try:
-            last = httpx.get(url, timeout=2)
-            if last.status_code == 200:
-                return last
+            last[0] = httpx.get(url, timeout=2)
         except httpx.HTTPError as exc:
-            last = exc
-        time.sleep(0.1)
-    raise AssertionError(f"{pod.name}: {url} never answered 200 (last: {last!r})")
+            last[0] = exc
+            return None
+        return last[0] if last[0].status_code == 200 else None
+
+    try:
+        return until(answered, timeout, what=f"{pod.name}: {url} answering 200")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc} (last: {last[0]!r})") from None

@@ -17,7 +17,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ import trustme
 from redis.asyncio.connection import parse_url
 
 from conveyor.storage.connection import RedisTarget
+from tests.helpers import until
 
 from . import ROOT
 from .chart_cases import CONVEYOR_COMPONENTS, CRDS, RESTRICTED_VOLUMES, conveyor_pods
@@ -395,10 +395,12 @@ def tls_redis(tmp_path: Path, tls_files: dict[str, bytes]) -> Iterator[str]:
         stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 20
-        while not _listening():
-            assert process.poll() is None and time.monotonic() < deadline, "no TLS Redis"
-            time.sleep(0.05)
+
+        def up() -> bool:
+            assert process.poll() is None, "no TLS Redis"
+            return _listening()
+
+        until(up, what="the TLS Redis listening")
         yield REDIS_ADDRESS
     finally:
         process.terminate()

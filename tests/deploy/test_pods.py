@@ -9,7 +9,6 @@ from __future__ import annotations
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import pytest
 import redis
 
 from conveyor.api.settings import hash_token, new_token
+from tests.helpers import until
 
 from .helm import Pod, by_kind, find, pod, render
 from .pods import Cluster, Running, wait_ok
@@ -56,16 +56,15 @@ def wait_redis(address: str, timeout: float = 20) -> None:
     """What the Redis pod's exec probe (``redis-cli ping`` with REDISCLI_AUTH) checks, from
     outside the pod: it answers PING with the Secret's password."""
     client = redis.Redis(host=address, port=6379, password=REDIS_PASSWORD, socket_timeout=1)
-    deadline = time.monotonic() + timeout
+
+    def pings() -> bool:
+        try:
+            return bool(client.ping())
+        except redis.ConnectionError:
+            return False
+
     try:
-        while True:
-            try:
-                assert client.ping()
-                return
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        until(pings, timeout, what=f"Redis at {address} answering PING")
     finally:
         client.close()
 

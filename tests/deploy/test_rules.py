@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from conveyor.embedded import EmbeddedRedis, free_port
+from tests.helpers import until
 from tests.processes import spawn, stop, wait_http
 
 from . import (
@@ -322,9 +322,7 @@ def test_known_metrics_are_served(
 
     # a worker counts a step just after its commit, which the result may overtake
     completed = family_name("conveyor_steps_completed_total")
-    deadline = time.monotonic() + 10
-    while not _families(worker_url).get(completed) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    until(lambda: _families(worker_url).get(completed), what="the worker's step counter")
     served = {
         "worker": _families(worker_url),
         "api": _families(f"{api_url}/metrics"),

@@ -3,11 +3,10 @@ GROUPS say, on every Redis version available; it is scraped over HTTP as a real 
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from conveyor.storage.connection import connect
 from conveyor.storage.snapshot import QueueSnapshot, StreamStats
 from conveyor.storage.store import Store
 from tests.conftest import drain
+from tests.helpers import until_async
 
 ROOT = Path(__file__).resolve().parents[2]
 QUEUES = ["default", "llm"]
@@ -42,10 +42,8 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 @pytest.fixture
-async def store(redis_server: EmbeddedRedis, namespace: str) -> AsyncIterator[Store]:
-    redis = connect(redis_server.url)
-    yield Store(redis, Settings(redis_url=redis_server.url, namespace=namespace, partitions=4))
-    await redis.aclose()
+async def store(make_store: Callable[..., Awaitable[Store]]) -> Store:
+    return await make_store(partitions=4)
 
 
 @dataclass
@@ -369,14 +367,14 @@ def exporter_process(redis7: EmbeddedRedis, namespace: str) -> Iterator[Any]:
 
 async def wait_healthy(url: str) -> None:
     async with httpx.AsyncClient() as http:
-        for _ in range(200):
+
+        async def healthy() -> bool:
             try:
-                if (await http.get(f"{url}/healthz")).text == "ok":
-                    return
+                return (await http.get(f"{url}/healthz")).text == "ok"
             except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.05)
-    raise AssertionError("the exporter did not start")
+                return False
+
+        await until_async(healthy, what="the exporter answering /healthz")
 
 
 async def test_exporter_process_over_http(

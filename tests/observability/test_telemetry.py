@@ -5,12 +5,10 @@ receiver this test runs."""
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import json
 import os
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,6 +24,7 @@ from conveyor.embedded import EmbeddedRedis, free_port
 from conveyor.errors import WorkflowFailedError
 from conveyor.logs import ContextFilter, bind_step, json_formatter, unbind
 from conveyor.observability.tracing import carrier, split, trace_id_of
+from tests.helpers import until, until_async
 from tests.processes import ROOT, spawn, stop, wait_http
 
 APP = "tests.apps.observed:app"
@@ -41,18 +40,6 @@ def base_env(redis: EmbeddedRedis, namespace: str, **extra: str) -> dict[str, st
         "CONVEYOR_PARTITIONS": "4", "CONVEYOR_LOG_FORMAT": "json", **extra,
     })  # fmt: skip
     return env
-
-
-def eventually(check: Callable[[], Any], timeout: float = 15, what: str = "") -> Any:
-    """Poll ``check`` until it returns something truthy (processes flush asynchronously)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def samples(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -84,7 +71,7 @@ async def test_metrics_of_two_worker_processes_match_what_happened(
     try:
         wait_http(url, worker)
         # both processes registered (their heartbeats) before anything is started
-        heartbeats = await eventually_async(lambda: live_workers(client))
+        heartbeats = await until_async(lambda: live_workers(client))
         pipelines = [await client.start("pipeline", i) for i in range(20)]
         flakies = [await client.start("flaky", i) for i in range(3)]
         broken = [await client.start("broken", i) for i in range(2)]
@@ -106,7 +93,7 @@ async def test_metrics_of_two_worker_processes_match_what_happened(
                          workflow="broken", step="explode", queue="front")  # fmt: skip
             return scrape if done == 20 and dead == 2 else None
 
-        scrape = eventually(settled, what="the metrics of every workflow")
+        scrape = until(settled, what="the metrics of every workflow")
         for step, queue in (("fetch", "front"), ("score", "back"), ("publish", "front")):
             labels = {"workflow": "pipeline", "step": step, "queue": queue}
             assert value(scrape, "conveyor_steps_started_total", **labels) == 20
@@ -133,9 +120,9 @@ async def test_metrics_of_two_worker_processes_match_what_happened(
                      workflow="flaky", status="completed") >= 3 * 0.05  # fmt: skip
         assert value(scrape, "conveyor_steps_in_flight") == 0
         # the scrape is the sum over the two processes: it matches their own counters
-        beats = await eventually_async(lambda: live_workers(client))
+        beats = await until_async(lambda: live_workers(client))
         assert {b["pid"] for b in beats} == {b["pid"] for b in heartbeats}
-        total = await eventually_async(lambda: completed_total(client, 20 * 3 + 3))
+        total = await until_async(lambda: completed_total(client, 20 * 3 + 3))
         completed = sum(v for (n, _), v in scrape.items() if n == "conveyor_steps_completed_total")
         assert completed == total == 63
     finally:
@@ -144,21 +131,10 @@ async def test_metrics_of_two_worker_processes_match_what_happened(
     assert "Traceback" not in output.replace("ValueError: cannot handle", ""), output
 
 
-async def eventually_async(check: Callable[[], Any], timeout: float = 15) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        await asyncio.sleep(0.1)
-
-
 async def live_workers(client: AsyncClient, want: int = 2) -> list[dict[str, Any]] | None:
     keys = client.store.keys
-    names = await client.redis.zrange(keys.workers, 0, -1)
-    raw = [await client.redis.get(keys.worker(n.decode())) for n in names]
+    names = await client.store.redis.zrange(keys.workers, 0, -1)
+    raw = [await client.store.redis.get(keys.worker(n.decode())) for n in names]
     beats = [json.loads(r) for r in raw if r]
     return beats if len(beats) == want else None
 
@@ -267,7 +243,7 @@ def test_one_workflow_is_one_trace_across_the_api_and_two_worker_processes(
             http.get(f"/v1/workflows/{failed}/result", params={"wait": 25})
 
         spans = {
-            name: eventually(lambda n=name: otlp.named(n), what=f"span {name}")
+            name: until(lambda n=name: otlp.named(n), what=f"span {name}")
             for name in ("POST /v1/workflows/{name}", "pipeline.fetch", "pipeline.score",
                          "pipeline.publish", "broken.explode")
         }  # fmt: skip
@@ -474,7 +450,7 @@ def test_metrics_of_two_api_processes_are_one_scrape(redis7: EmbeddedRedis, name
                 assert http.post("/v1/workflows/nope", json=i).status_code == 404
         route = {"method": "POST", "route": "/v1/workflows/{name}"}
         # each process writes its tallies to the shared files once a second
-        eventually(lambda: value(samples(f"{base}/metrics"), "conveyor_http_requests_total",
+        until(lambda: value(samples(f"{base}/metrics"), "conveyor_http_requests_total",
                                  status="404", **route) == 40, what="both processes' requests")  # fmt: skip
         for _ in range(5):  # then every answer, from either process, is the sum of both
             scrape = samples(f"{base}/metrics")

@@ -27,8 +27,8 @@ from conveyor.settings import Settings
 from conveyor.storage.snapshot import queue_snapshot
 from conveyor.worker.health import STALL_AFTER, HealthBoard
 from tests.apps import slow
-from tests.chaos.test_failures import wait_for
 from tests.cli.test_cli import assert_one_line_error, conveyor
+from tests.helpers import until_async
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = ["fetch", "enrich", "store"]
@@ -172,10 +172,12 @@ async def test_autoscale_grows_through_a_burst_shrinks_after_and_loses_nothing(
     try:
         ids: list[str] = []
         try:
-            await wait_for(lambda: _ready(port), 30, "the supervisor's two processes to be ready")
+            await until_async(
+                lambda: _ready(port), 30, "the supervisor's two processes to be ready"
+            )
             assert await live_workers() == 2, (namespace, await r.keys("*"))
             ids += [await client.start("slow", i) for i in range(60)]
-            await wait_for(lambda: _equals(live_workers(), 4), 30, "a scale-up to 4 processes")
+            await until_async(lambda: _equals(live_workers(), 4), 30, "a scale-up to 4 processes")
 
             async def trickle() -> None:
                 for i in range(60, 200):
@@ -184,10 +186,10 @@ async def test_autoscale_grows_through_a_burst_shrinks_after_and_loses_nothing(
 
             feeding = asyncio.create_task(trickle())
             try:
-                await wait_for(lambda: _equals(live_workers(), 2), 60, "a scale-down to 2")
+                await until_async(lambda: _equals(live_workers(), 2), 60, "a scale-down to 2")
             finally:
                 feeding.cancel()
-            await wait_for(lambda: _ready(port), 15, "readiness after the scale-down")
+            await until_async(lambda: _ready(port), 15, "readiness after the scale-down")
             for wf_id in ids:
                 result = await client.result(wf_id, timeout=60)
                 assert result == {"value": (int(await _input(client, wf_id)) + 1) * 2}

@@ -4,11 +4,9 @@ needs a password (the admin), and a least-privilege ACL user per test made with
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -130,15 +128,3 @@ def app_for(base: App, url: str, namespace: str, **settings: Any) -> App:
         namespace=namespace,
         **{"partitions": 4, "visibility_timeout": 2.0, "max_deliveries": 3, **settings},
     )
-
-
-async def until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return
-        assert time.monotonic() < deadline, f"not reached in time: {what}"
-        await asyncio.sleep(0.02)

@@ -9,7 +9,6 @@ import asyncio
 import hashlib
 import os
 import shlex
-import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -39,6 +38,7 @@ from conveyor.storage.acl import (
 from conveyor.storage.connection import connect
 from conveyor.storage.store import Store
 from tests.conftest import SERVERS, running
+from tests.helpers import until, until_async
 from tests.processes import ROOT, spawn, stop, wait_http
 from tests.security.apps import app as security_app
 from tests.topologies import LocalCluster
@@ -49,7 +49,6 @@ from .conftest import (
     AclUser,
     admin_of,
     app_for,
-    until,
     version_of,
 )
 
@@ -261,7 +260,9 @@ async def test_worker_client_and_exporter_run_every_feature_without_a_refusal(
         parked = await client.start("waiter", 1)
         later = await client.start("batched", "late", delay=0.05)
         batch = [await client.start("batched", f"t{i}") for i in range(5)]
-        await until(lambda: _status(client, tour, "waiting"), what="the tour waits for its signal")
+        await until_async(
+            lambda: _status(client, tour, "waiting"), what="the tour waits for its signal"
+        )
         assert await client.signal(tour, "approve", {"ok": True}) == "delivered"
         result = await client.result(tour, timeout=10)
         assert result == {"total": 4 + 9 + 16, "answer": {"ok": True}, "child": 58}
@@ -277,9 +278,9 @@ async def test_worker_client_and_exporter_run_every_feature_without_a_refusal(
         assert await client.replay(letter.id) == doomed
         with pytest.raises(WorkflowFailedError):
             await client.result(doomed, timeout=10)
-        await until(lambda: _status(client, parked, "waiting"), what="parked")
+        await until_async(lambda: _status(client, parked, "waiting"), what="parked")
         assert await client.cancel(parked) == "cancelled"
-        await until(lambda: _cleaned(client, parked), what="the on_cancel step ran")
+        await until_async(lambda: _cleaned(client, parked), what="the on_cancel step ran")
         for letter in await client.dead_letters():
             await client.drop(letter.id)
         assert await client.dead_letters() == []
@@ -323,7 +324,7 @@ def test_worker_and_api_processes_and_the_cli_without_a_refusal(acl_user_first: 
         with httpx.Client(base_url=base, headers=headers, timeout=30) as http:
             tour = http.post("/v1/workflows/tour", json=3).json()["id"]
             doomed = http.post("/v1/workflows/doomed", json=1).json()["id"]
-            assert _wait_for(http, tour, "waiting", worker)
+            until(lambda: _reached(http, tour, "waiting", worker), 60, f"{tour} waiting")
             signal = http.post(f"/v1/workflows/{tour}/signals/approve", json="yes")
             assert signal.json()["outcome"] == "delivered"
             done = http.get(f"/v1/workflows/{tour}/result", params={"wait": 20}).json()
@@ -361,15 +362,10 @@ def _cli(args: list[str], env: dict[str, str]) -> str:
     return result.stdout
 
 
-def _wait_for(http: httpx.Client, workflow_id: str, status: str, worker: Any) -> bool:
-    deadline = time.monotonic() + 60  # the worker process may still be starting
-    while time.monotonic() < deadline:
-        if http.get(f"/v1/workflows/{workflow_id}").json()["status"] == status:
-            return True
-        if worker.poll() is not None:
-            raise AssertionError(f"the worker exited:\n{stop(worker)}")
-        time.sleep(0.02)
-    return False
+def _reached(http: httpx.Client, workflow_id: str, status: str, worker: Any) -> bool:
+    if worker.poll() is not None:
+        raise AssertionError(f"the worker exited:\n{stop(worker)}")
+    return bool(http.get(f"/v1/workflows/{workflow_id}").json()["status"] == status)
 
 
 async def test_the_engine_on_a_cluster_needs_the_cluster_rules_on_every_node(
@@ -390,7 +386,7 @@ async def test_the_engine_on_a_cluster_needs_the_cluster_rules_on_every_node(
         app = app_for(security_app, f"redis+cluster://clustered:pw@{hosts}", namespace)
         async with AsyncClient(app=app) as client, running(app):
             tour = await client.start("tour", 2)
-            await until(lambda: _status(client, tour, "waiting"), what="the tour waits")
+            await until_async(lambda: _status(client, tour, "waiting"), what="the tour waits")
             assert await client.signal(tour, "approve", "ok") == "delivered"
             assert (await client.result(tour, timeout=10))["child"] == 58
         denied = {

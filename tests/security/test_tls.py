@@ -34,10 +34,11 @@ from conveyor.cli.main import cli
 from conveyor.embedded import free_port
 from conveyor.storage.connection import connect
 from tests.conftest import SERVERS, running
+from tests.helpers import until_async
 from tests.processes import ROOT, spawn, stop, wait_http
 from tests.security.apps import app as security_app
 
-from .conftest import app_for, until
+from .conftest import app_for
 
 TOKEN = "cvk_tls_admin"
 #: a refusal by the server after the TLS handshake: its alert, or a reset that beat it
@@ -229,7 +230,7 @@ async def _engine_over_tls(
     app = app_for(security_app, url, namespace)
     async with AsyncClient(app=app) as client, running(app):
         tour = await client.start("tour", 1)
-        await until(lambda: _waiting(client, tour), what="the tour waits")
+        await until_async(lambda: _waiting(client, tour), what="the tour waits")
         await client.signal(tour, "approve", "ok")
         assert (await client.result(tour, timeout=10))["child"] == 2 * (1 + 4 + 9)
         await asyncio.to_thread(wait_http, f"{base}/readyz", api)
