@@ -20,9 +20,10 @@ import redis.asyncio as aredis
 
 from conveyor import RunStatus, Settings, codec
 from conveyor.errors import STEP_BUDGET_EXCEEDED, ReplayError, ScriptCode
-from conveyor.limits import MAX_ENTER_HINT, Limit, Limiter, concurrency_key, rate_key
+from conveyor.limits import Limit
 from conveyor.storage import frames
 from conveyor.storage.keys import Keys
+from conveyor.storage.limits import MAX_ENTER_HINT, Limiter, concurrency_key, rate_key
 from conveyor.storage.records import Task
 from conveyor.storage.scripts import SCRIPTS, ScriptRegistry
 from conveyor.storage.store import Store

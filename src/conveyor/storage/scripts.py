@@ -1,14 +1,18 @@
 """Registry of the Lua transition scripts: name -> file -> number of keys.
 
 Scripts are read once per registry with importlib.resources, called with EVALSHA, and loaded
-again when Redis answers NOSCRIPT (after a restart or SCRIPT FLUSH). A script whose first line
-is ``-- uses lib`` gets scripts/lib.lua (the shared helpers) prepended: Redis scripts cannot
-import each other, and one EVALSHA must stay one atomic transition.
+again when Redis answers NOSCRIPT (after a restart or SCRIPT FLUSH). Redis scripts cannot
+import each other, and one EVALSHA must stay one atomic transition, so a script lists the
+helpers it calls as ``--- @include "<name>"`` lines and gets exactly those sections of
+scripts/lib.lua (each opens with ``--- @helper <name>`` and lists its own includes)
+prepended, with what they include in turn, in lib.lua's order: no script ships a helper it
+does not call (tests/lua/test_includes.py checks that).
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -33,7 +37,43 @@ SCRIPTS: dict[str, int] = {
     "rate": 1,
     "concurrency": 1,
 }
-LIB_MARKER = b"-- uses lib"
+HELPER = re.compile(rb"^--- @helper (\w+)[ \t]*$", re.M)
+INCLUDE = re.compile(rb'^--- @include "(\w+)"[ \t]*$', re.M)
+
+
+def helper_sections(lib: bytes) -> dict[str, bytes]:
+    """lib.lua's sections by name, in file order (the preamble before the first is docs)."""
+    parts = HELPER.split(lib)  # preamble, name, body, name, body...
+    sections: dict[str, bytes] = {}
+    for raw, body in zip(parts[1::2], parts[2::2], strict=True):
+        name = raw.decode()
+        if name in sections:
+            raise ValueError(f"lib.lua defines helper {name!r} twice")
+        sections[name] = b"--- @helper " + raw + body.rstrip() + b"\n"
+    return sections
+
+
+def includes(source: bytes) -> list[str]:
+    return [m.decode() for m in INCLUDE.findall(source)]
+
+
+def assemble(name: str, source: bytes, sections: dict[str, bytes]) -> bytes:
+    """``source`` with the helpers it includes (transitively) prepended in lib.lua's order;
+    a helper may include only helpers defined before it (Lua locals exist once defined)."""
+    order = list(sections)
+    needed: set[str] = set()
+    todo: list[tuple[str | None, str]] = [(None, dep) for dep in includes(source)]
+    while todo:
+        helper, dep = todo.pop()  # helper None: the script itself includes dep
+        if dep not in sections:
+            who = name if helper is None else f"lib.lua: helper {helper!r}"
+            raise ValueError(f"{who} includes {dep!r}, which lib.lua does not define")
+        if helper is not None and order.index(dep) >= order.index(helper):
+            raise ValueError(f"lib.lua: helper {helper!r} includes {dep!r}, defined after it")
+        if dep not in needed:
+            needed.add(dep)
+            todo += [(dep, d) for d in includes(sections[dep])]
+    return b"\n".join([*(sections[n] for n in order if n in needed), source])
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,11 +90,9 @@ class ScriptRegistry:
     def __init__(self) -> None:
         folder = resources.files(__package__).joinpath("scripts")
         self.scripts: dict[str, Script] = {}
-        lib = folder.joinpath("lib.lua").read_bytes()
+        sections = helper_sections(folder.joinpath("lib.lua").read_bytes())
         for name, num_keys in SCRIPTS.items():
-            source = folder.joinpath(f"{name}.lua").read_bytes()
-            if source.startswith(LIB_MARKER):
-                source = lib + b"\n" + source
+            source = assemble(name, folder.joinpath(f"{name}.lua").read_bytes(), sections)
             sha = hashlib.sha1(source).hexdigest()
             self.scripts[name] = Script(name, source, sha, num_keys)
 

@@ -1,4 +1,3 @@
--- uses lib
 -- cancel: stop a workflow wherever it is. Every task and wait of it is deactivated, so a
 -- queued, delayed or in-flight task is dropped when a worker meets it (an in-flight step's
 -- result is discarded); a parent waiting on it resumes with a cancellation error; its
@@ -21,6 +20,12 @@
 --
 -- Returns {code, status, child ids...}: {0, 'cancelled', ...}; {3, ''} NOT_FOUND;
 -- {5, status} FINISHED (it had already completed, failed or been cancelled: nothing written).
+
+--- @include "CANCEL_FRAME"
+--- @include "on_cancel_step"
+--- @include "enqueue"
+--- @include "finish"
+
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {3, ''}
 end

@@ -1,4 +1,3 @@
--- uses lib
 -- commit: apply the outcomes of finished tasks, atomically per task. Takes a batch of
 -- transitions of one partition (one hash slot), so a worker commits many in one call. Each
 -- ACKs its entry (trim.lua deletes acknowledged entries in bulk later) and acts only while
@@ -100,6 +99,21 @@
 -- acknowledged, or its task is no longer active; nothing but the ACK was written), or, when
 -- the transition ended its workflow, 7 (ENDED_COMPLETED) or 8 (ENDED_FAILED), so workers
 -- can measure workflows end to end without reading them back.
+
+--- @include "CANCEL_FRAME"
+--- @include "branch_frame"
+--- @include "branch_slot"
+--- @include "parent_ref"
+--- @include "record"
+--- @include "server_ms"
+--- @include "enqueue"
+--- @include "schedule"
+--- @include "new_task"
+--- @include "failure_marker"
+--- @include "finish"
+--- @include "fail_budget"
+--- @include "branch_return"
+
 local group = ARGV[1]
 local retention = ARGV[2]
 local events = ARGV[3] == '1'

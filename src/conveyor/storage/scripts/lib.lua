@@ -1,5 +1,9 @@
--- lib: helpers shared by the transition scripts. ScriptRegistry prepends this file to every
--- script that starts with the line '-- uses lib', so each script stays one atomic EVALSHA.
+-- lib: helpers shared by the transition scripts, one named section each: a section opens
+-- with '--- @helper <name>' and lists the helpers it calls as '--- @include "<name>"' lines.
+-- A script lists the helpers it calls the same way; ScriptRegistry (storage/scripts.py)
+-- prepends exactly those, with what they include in turn, in this file's order (a helper
+-- comes after the ones it calls), so each script stays one atomic EVALSHA that ships no
+-- helper it does not call. This preamble is not shipped.
 --
 -- W, the workflow a transition acts on, is a table:
 --   key, history   its state hash and history list
@@ -27,32 +31,42 @@
 --              '<group>|<index>|<branch step>|<join step>' in a fan-out branch
 --   parent     '<parent id>|<parent task>|<then step>|<then queue>|<parent frame>'
 --   on_cancel  '<step>|<queue>'
+
+--- @helper CANCEL_FRAME
 local CANCEL_FRAME = '!cancel'
+
+--- @helper STEP_BUDGET_EXCEEDED
 -- the error type of a workflow failed by its step budget (errors.STEP_BUDGET_EXCEEDED)
 local STEP_BUDGET_EXCEEDED = 'StepBudgetExceeded'
 
+--- @helper branch_frame
 local function branch_frame(gid, index, step, join)
   return gid .. '|' .. index .. '|' .. step .. '|' .. join
 end
 
+--- @helper branch_slot
 -- group and index of a branch frame (both nil outside a branch)
 local function branch_slot(frame)
   return string.match(frame, '^(%d+)|(%d+)|')
 end
 
+--- @helper parent_ref
 local function parent_ref(id, task, step, queue, frame)
   return id .. '|' .. task .. '|' .. step .. '|' .. queue .. '|' .. frame
 end
 
+--- @helper parse_parent
 -- parent id, parent task, then step, parent frame
 local function parse_parent(parent)
   return string.match(parent, '^([^|]+)|(%d+)|([^|]+)|[^|]*|(.*)$')
 end
 
+--- @helper on_cancel_step
 local function on_cancel_step(ref)
   return string.match(ref, '^([^|]+)|')
 end
 
+--- @helper record
 -- Append a step attempt's record to the history list and to the event stream.
 local function record(W, rec)
   redis.call('RPUSH', W.history, rec)
@@ -61,11 +75,13 @@ local function record(W, rec)
   end
 end
 
+--- @helper server_ms
 local function server_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+--- @helper push
 local function push(list, name, value)
   if value ~= nil and value ~= '' then
     list[#list + 1] = name
@@ -73,6 +89,8 @@ local function push(list, name, value)
   end
 end
 
+--- @helper task_fields
+--- @include "push"
 -- The fields of a task entry (a stream entry, or a delayed-set member as a JSON object).
 local function task_fields(W, step, seq, input, frame, extra)
   local f = {'workflow_id', W.id, 'workflow', W.name, 'step', step, 'task', tostring(seq),
@@ -88,10 +106,15 @@ local function task_fields(W, step, seq, input, frame, extra)
   return f
 end
 
+--- @helper enqueue
+--- @include "task_fields"
 local function enqueue(stream, W, step, seq, input, frame, extra)
   redis.call('XADD', stream, '*', unpack(task_fields(W, step, seq, input, frame, extra)))
 end
 
+--- @helper schedule
+--- @include "task_fields"
+--- @include "server_ms"
 -- Put a task in a delayed set, due after delay_ms by the server's clock (promote.lua moves it).
 local function schedule(delayed, W, step, seq, input, frame, delay_ms, extra)
   local f = task_fields(W, step, seq, input, frame, extra)
@@ -100,6 +123,7 @@ local function schedule(delayed, W, step, seq, input, frame, delay_ms, extra)
   redis.call('ZADD', delayed, server_ms() + tonumber(delay_ms), cjson.encode(member))
 end
 
+--- @helper hmget_all
 -- Chunked HMGET/HDEL: unpack() of thousands of values overflows Lua's C stack.
 local function hmget_all(key, fields)
   local out = {}
@@ -112,6 +136,7 @@ local function hmget_all(key, fields)
   return out
 end
 
+--- @helper hdel_all
 local function hdel_all(key, fields)
   for i = 1, #fields, 1000 do
     local chunk = {}
@@ -120,6 +145,7 @@ local function hdel_all(key, fields)
   end
 end
 
+--- @helper new_task
 -- Allocate and activate the next task number, or nil when the step budget is spent.
 -- `fields` (optional): more field, value pairs written by the same HSET.
 local function new_task(W, step, fields)
@@ -139,10 +165,12 @@ local function new_task(W, step, fields)
   return seq
 end
 
+--- @helper error_json
 local function error_json(kind, message)
   return cjson.encode({type = kind, message = message})
 end
 
+--- @helper failure_marker
 local function failure_marker(err, workflow_id)
   if workflow_id then
     return '{"$error":' .. err .. ',"workflow_id":' .. cjson.encode(workflow_id) .. '}'
@@ -150,15 +178,22 @@ local function failure_marker(err, workflow_id)
   return '{"$error":' .. err .. '}'
 end
 
+--- @helper resume_parent
+--- @include "parse_parent"
+--- @include "failure_marker"
+--- @include "error_json"
+--- @include "enqueue"
 -- Hand a finished child's outcome to its parent: enqueue the parent's continuation task
--- (registered when the child started), unless the parent stopped meanwhile.
+-- (registered when the child started), unless the parent stopped meanwhile. Only once: a
+-- child that ends again after a replay is no longer registered ('c:<id>'), and its parent
+-- already has its outcome.
 local function resume_parent(W, status, value)
   if W.parent == nil or W.parent == '' then
     return
   end
   local pid, n, step, frame = parse_parent(W.parent)
-  redis.call('HDEL', W.pkey, 'c:' .. W.id)
-  if redis.call('HEXISTS', W.pkey, 't:' .. n) == 0 then
+  if redis.call('HDEL', W.pkey, 'c:' .. W.id) == 0
+      or redis.call('HEXISTS', W.pkey, 't:' .. n) == 0 then
     return
   end
   local input = value
@@ -181,6 +216,9 @@ local function resume_parent(W, status, value)
   enqueue(W.pstream, P, step, n, input, frame)
 end
 
+--- @helper finish
+--- @include "hdel_all"
+--- @include "resume_parent"
 -- End a workflow: deactivate every task and wait, record the outcome, start the retention
 -- clock, announce it, and resume the parent of a child workflow.
 local function finish(W, status, field, value)
@@ -215,6 +253,9 @@ local function finish(W, status, field, value)
   resume_parent(W, status, value)
 end
 
+--- @helper fail_budget
+--- @include "STEP_BUDGET_EXCEEDED"
+--- @include "finish"
 local function fail_budget(W)
   local max = W.max_steps or 0
   finish(W, 'failed', 'error', cjson.encode({type = STEP_BUDGET_EXCEEDED, step = W.refused,
@@ -222,6 +263,14 @@ local function fail_budget(W)
     ' steps (max_steps) before step ' .. tostring(W.refused) .. '; is a loop running away?'}))
 end
 
+--- @helper branch_return
+--- @include "branch_slot"
+--- @include "new_task"
+--- @include "fail_budget"
+--- @include "enqueue"
+--- @include "branch_frame"
+--- @include "hmget_all"
+--- @include "hdel_all"
 -- A branch of fan-out group <gid> returned `value` (frame '<gid>|<i>|<step>|<join>'): store
 -- it in its slot, launch the next waiting item (max_parallel), and when it was the last
 -- branch, enqueue the join step with every result in item order, in the group's own frame.

@@ -1,4 +1,3 @@
--- uses lib
 -- signal: deliver an outside event to a workflow. If it waits for this signal, the oldest
 -- such wait resumes: its 'then' step is enqueued with the payload (the wait's timer, if any,
 -- is then dropped by claim.lua). Otherwise the payload is buffered, in order, for a later
@@ -17,6 +16,9 @@
 --
 -- Returns {code, detail}: {0, 'delivered'} or {0, 'buffered'}; {3, ''} NOT_FOUND;
 -- {5, status} FINISHED; {6, queue} CHANGED (call again with that queue's stream).
+
+--- @include "enqueue"
+
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {3, ''}
 end

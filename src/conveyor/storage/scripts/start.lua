@@ -1,4 +1,3 @@
--- uses lib
 -- start: create workflows and enqueue (or, with a delay, schedule) their first tasks, each
 -- atomically. Takes a batch of starts of one partition (one hash slot): one call for many
 -- amortises the script's own cost. For start i, k = 4 * (i - 1) and a = 12 * (i - 1):
@@ -24,6 +23,12 @@
 --   {0, 'running'}   created and enqueued
 --   {1, <status>}    DUPLICATE: a workflow with this id exists (idempotent repeat); nothing written
 --   {2, <length>}    BACKPRESSURE: the stream holds ARGV[a+5] entries or more; nothing written
+
+--- @include "server_ms"
+--- @include "push"
+--- @include "enqueue"
+--- @include "schedule"
+
 local function start(K, A)
   if redis.call('EXISTS', K[1]) == 1 then
     return {1, redis.call('HGET', K[1], 'status') or ''}
