@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from typing import Any
 
@@ -13,7 +14,8 @@ from .workflow import Step, Workflow
 class App:
     """The workflows of one deployable unit. ``conveyor worker module:app`` loads one.
 
-    Settings not given here come from the environment (see :class:`Settings`).
+    Settings not given here come from the environment, else their defaults (see
+    :class:`Settings`); :meth:`configured` puts more arguments on top (the CLI's options).
     """
 
     def __init__(
@@ -32,9 +34,24 @@ class App:
             if wf.name in self.workflows:
                 raise DefinitionError(f"duplicate workflow name {wf.name!r} in App")
             self.workflows[wf.name] = wf.check()
-        self.settings = Settings.from_env(
-            redis_url=redis_url, namespace=namespace, partitions=partitions, **settings
-        )
+        given = {"redis_url": redis_url, "namespace": namespace, "partitions": partitions}
+        #: the settings given in code (not None), for `configured` and `conveyor config`
+        self.arguments: dict[str, Any] = {
+            k: v for k, v in {**given, **settings}.items() if v is not None
+        }
+        self.settings = Settings.from_env(**self.arguments)
+
+    def configured(self, **overrides: Any) -> App:
+        """A copy whose settings are built once more with ``overrides`` (those not None) above
+        this App's own arguments: how the CLI's ``--redis-url`` and the like apply. The loaded
+        App is left as it is."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if not given:
+            return self
+        clone = copy.copy(self)
+        clone.arguments = {**self.arguments, **given}
+        clone.settings = Settings.from_env(**clone.arguments)
+        return clone
 
     def __repr__(self) -> str:
         return f"<App workflows={list(self.workflows)} namespace={self.settings.namespace!r}>"

@@ -17,8 +17,8 @@ from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
 
-from .errors import ConfigurationError
 from .observability.tracing import current_trace_id
+from .settings import LogSettings
 
 FORMATS = ("auto", "json", "console")
 FIELDS = ("workflow_id", "workflow", "step", "attempt", "request_id")
@@ -86,27 +86,18 @@ def json_formatter() -> logging.Formatter:
 
 
 def resolve_format(fmt: str | None) -> str:
-    fmt = (fmt or os.environ.get("CONVEYOR_LOG_FORMAT") or "auto").lower()
-    if fmt not in FORMATS:
-        raise ConfigurationError(
-            f"log format must be one of {', '.join(FORMATS)}, not {fmt!r} "
-            "(--log-format / CONVEYOR_LOG_FORMAT)"
-        )
-    if fmt == "auto":
+    """``fmt`` (an argument) else CONVEYOR_LOG_FORMAT, with ``auto`` made concrete."""
+    resolved = LogSettings.read(log_format=fmt).log_format
+    if resolved == "auto":
         return "console" if sys.stderr.isatty() else "json"
-    return fmt
+    return resolved
 
 
 def setup_logging(level: str | None = None, fmt: str | None = None) -> None:
     """Configure the root logger once per process: ``level`` (or CONVEYOR_LOG_LEVEL, default
     INFO) and ``fmt`` (or CONVEYOR_LOG_FORMAT): ``json``, ``console``, or ``auto`` (console
     on a terminal, JSON lines otherwise, as in a container)."""
-    level = (level or os.environ.get("CONVEYOR_LOG_LEVEL") or "INFO").upper()
-    if level not in logging.getLevelNamesMapping():
-        raise ConfigurationError(
-            f"unknown log level {level!r} (--log-level / CONVEYOR_LOG_LEVEL): use DEBUG, INFO, "
-            "WARNING, ERROR or CRITICAL"
-        )
+    level = LogSettings.read(log_level=level).log_level
     resolved = resolve_format(fmt)
     # children of `conveyor worker --processes N` set up the same way
     os.environ["CONVEYOR_LOG_FORMAT"] = resolved

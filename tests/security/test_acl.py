@@ -445,7 +445,7 @@ def test_acl_command_prints_readable_errors_and_notes() -> None:
         (["--redis-version", "seven"], "invalid Redis version"),
         (["--password-env", "NOT_SET_ANYWHERE_XYZ"], "NOT_SET_ANYWHERE_XYZ is not set"),
         (["--user", "two words"], "invalid user name"),
-        (["--namespace", "a b"], "invalid namespace"),
+        (["--namespace", "a b"], "namespace must be a name without spaces or braces"),
     ):
         failed = CliRunner().invoke(cli, ["acl", *args])
         lines = [line for line in failed.stderr.splitlines() if line.strip()]

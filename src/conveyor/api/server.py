@@ -4,37 +4,33 @@ App reference and settings travel as environment variables."""
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
 from fastapi import FastAPI
 
+from ..errors import ConfigurationError
 from ..loader import load_app
 from ..logs import setup_logging
 from ..observability.metrics import prepare_multiprocess, remove_multiprocess
 from ..observability.tracing import setup_tracing
+from ..settings import ApiEnvironment
 from .app import create_app
 from .settings import ApiSettings
 
-APP_ENV = "CONVEYOR_API_APP"
-
 
 def create_from_env() -> FastAPI:
-    """uvicorn factory: the App named by CONVEYOR_API_APP, settings from the environment."""
+    """uvicorn factory: the App named by CONVEYOR_API_APP, with the command line's settings
+    (CONVEYOR_API_ARGUMENTS) above the environment's, and the API's from the environment."""
     if os.environ.get("CONVEYOR_LOG_FORMAT"):
         setup_logging()  # a worker process uvicorn started: configure it as its parent
-    ref = os.environ.get(APP_ENV)
-    if not ref:
-        raise RuntimeError(f"{APP_ENV} is not set (run the API with `conveyor api MODULE:app`)")
-    app = load_app(ref)
-    overrides = {
-        "redis_url": os.environ.get("REDIS_URL"),
-        "namespace": os.environ.get("CONVEYOR_NAMESPACE"),
-        "partitions": int(os.environ["CONVEYOR_PARTITIONS"])
-        if os.environ.get("CONVEYOR_PARTITIONS")
-        else None,
-    }
-    app.settings = app.settings.replace(**{k: v for k, v in overrides.items() if v is not None})
+    env = ApiEnvironment()
+    if not env.app:
+        raise ConfigurationError(
+            "CONVEYOR_API_APP is not set (run the API with `conveyor api MODULE:app`)"
+        )
+    app = load_app(env.app).configured(**env.arguments)
     setup_tracing("conveyor-api")  # before the app: its middleware depends on it
     return create_app(app, ApiSettings.from_env())
 
@@ -73,10 +69,16 @@ def run(
     workers: int,
     auth: bool | None,
     log_level: str,
+    arguments: dict[str, Any] | None = None,
 ) -> None:
+    """Serve ``app_ref`` with the engine settings ``arguments`` (the command line's, above
+    the environment): they travel to uvicorn's processes as CONVEYOR_API_* variables."""
     import uvicorn
 
-    os.environ[APP_ENV] = app_ref
+    os.environ["CONVEYOR_API_APP"] = app_ref
+    os.environ["CONVEYOR_API_ARGUMENTS"] = json.dumps(
+        {k: v for k, v in (arguments or {}).items() if v is not None}
+    )
     created = None
     if workers > 1:
         # each API process writes its metrics to a shared directory; /metrics of any of

@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import secrets
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ..errors import ConfigurationError
 from ..limits import parse_rate
+from ..settings import ApiEnvironment
 
 SCOPES = ("submit", "read", "admin")
 _KEY_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
@@ -106,20 +105,19 @@ class ApiSettings:
 
     @classmethod
     def from_env(cls, *, auth: bool | None = None) -> ApiSettings:
-        env = os.environ
-        if auth is None:
-            auth = env.get("CONVEYOR_API_AUTH", "on").lower() not in ("off", "0", "false", "no")
-        keys = parse_keys(env.get("CONVEYOR_API_KEYS", ""))
-        path = env.get("CONVEYOR_API_KEYS_FILE")
-        if path:
+        """``auth`` (an argument) above the ``CONVEYOR_API_*`` variables (see
+        :class:`conveyor.settings.ApiEnvironment`), above their defaults."""
+        env = ApiEnvironment.read(auth=auth)
+        keys = parse_keys(env.keys)
+        if env.keys_file is not None:
             try:
-                keys += parse_keys(Path(path).read_text())
+                keys += parse_keys(env.keys_file.read_text())
             except OSError as exc:
                 raise ConfigurationError(f"cannot read CONVEYOR_API_KEYS_FILE: {exc}") from exc
         return cls(
-            auth=auth,
+            auth=env.auth,
             keys=tuple(keys),
-            rate_limit=env.get("CONVEYOR_API_RATE_LIMIT", cls.rate_limit),
-            max_body=int(env.get("CONVEYOR_API_MAX_BODY", cls.max_body)),
-            max_batch=int(env.get("CONVEYOR_API_MAX_BATCH", cls.max_batch)),
+            rate_limit=env.rate_limit,
+            max_body=env.max_body,
+            max_batch=env.max_batch,
         )

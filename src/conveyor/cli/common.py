@@ -11,21 +11,31 @@ from enum import StrEnum
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
-from redis.exceptions import RedisError
+from pydantic_settings import BaseSettings
 from rich.console import Console
 from rich.markup import escape
 
 from ..errors import (
+    ConfigurationError,
     ConveyorError,
     ResultTimeoutError,
     WorkflowCancelledError,
     WorkflowFailedError,
 )
 from ..scaling.hpa import DEFAULT_BEHAVIOR
-from ..settings import Settings
+from ..settings import (
+    ClientSettings,
+    LogSettings,
+    RedisSecrets,
+    RuntimeSettings,
+    Settings,
+    warn_unknown_variables,
+)
 from ..storage.connection import UNAVAILABLE
+from ..storage.errors import RedisError
 
 T = TypeVar("T")
+G = TypeVar("G", bound=BaseSettings)
 
 #: Exit codes besides 0 and 1 (any other error): scripts tell a workflow's outcome apart.
 EXIT_FAILED = 2  # also click's usage errors
@@ -52,50 +62,82 @@ class LogFormatName(StrEnum):
     auto = "auto"
 
 
+def _given(ctx: typer.Context, param: typer.CallbackParam) -> bool:
+    source = ctx.get_parameter_source(param.name or "")
+    return source is not None and source.name == "COMMANDLINE"
+
+
+def _settings(group: type[G]) -> G:
+    try:
+        return group()
+    except ConfigurationError as exc:
+        fail(str(exc))
+
+
+# Options whose variable the settings module reads (conveyor.settings declares each once): an
+# option given on the command line wins, else the variable, else the default.
+def _log_level(ctx: typer.Context, param: typer.CallbackParam, value: Any) -> Any:
+    return value if _given(ctx, param) else LogLevelName(_settings(LogSettings).log_level)
+
+
+def _log_format(ctx: typer.Context, param: typer.CallbackParam, value: Any) -> Any:
+    if _given(ctx, param) or "log_format" not in _settings(LogSettings).model_fields_set:
+        return value
+    return LogFormatName(_settings(LogSettings).log_format)
+
+
+def _api_url(ctx: typer.Context, param: typer.CallbackParam, value: Any) -> Any:
+    return value if _given(ctx, param) else _settings(ClientSettings).api_url
+
+
+def _api_key(ctx: typer.Context, param: typer.CallbackParam, value: Any) -> Any:
+    secret = _settings(ClientSettings).api_key
+    return value if _given(ctx, param) or secret is None else secret.get_secret_value()
+
+
 RedisUrl = Annotated[
     str | None,
-    typer.Option(
-        "--redis-url", envvar="REDIS_URL", help="Redis URL (default: redis://localhost:6379/0)."
-    ),
+    typer.Option("--redis-url", help="Redis URL (else REDIS_URL, else redis://localhost:6379/0)."),
 ]
 Namespace = Annotated[
     str | None,
-    typer.Option(
-        "--namespace", envvar="CONVEYOR_NAMESPACE", help="Key namespace (default: conveyor)."
-    ),
+    typer.Option("--namespace", help="Key namespace (else CONVEYOR_NAMESPACE, else conveyor)."),
 ]
 Partitions = Annotated[
     int | None,
-    typer.Option(
-        "--partitions", envvar="CONVEYOR_PARTITIONS", help="Stream partitions (default: 16)."
-    ),
+    typer.Option("--partitions", help="Stream partitions (else CONVEYOR_PARTITIONS, else 16)."),
 ]
 LogLevel = Annotated[
     LogLevelName,
     typer.Option(
-        "--log-level", envvar="CONVEYOR_LOG_LEVEL", case_sensitive=False, help="Logging level."
+        "--log-level",
+        case_sensitive=False,
+        callback=_log_level,
+        help="Logging level (else CONVEYOR_LOG_LEVEL).",
     ),
 ]
 LogFormat = Annotated[
     LogFormatName | None,
     typer.Option(
         "--log-format",
-        envvar="CONVEYOR_LOG_FORMAT",
         case_sensitive=False,
-        help="Log lines (default: auto, which is console on a terminal, else json).",
+        callback=_log_format,
+        help="Log lines (else CONVEYOR_LOG_FORMAT, else auto: console on a terminal, else json).",
     ),
 ]
 ApiUrl = Annotated[
     str | None,
     typer.Option(
         "--api",
-        envvar="CONVEYOR_API_URL",
-        help="Go through the HTTP API at this URL instead of Redis.",
+        callback=_api_url,
+        help="Go through the HTTP API at this URL instead of Redis (else CONVEYOR_API_URL).",
     ),
 ]
 ApiKey = Annotated[
     str | None,
-    typer.Option("--api-key", envvar="CONVEYOR_API_KEY", help="API key (token) for --api."),
+    typer.Option(
+        "--api-key", callback=_api_key, help="API key (token) for --api (else CONVEYOR_API_KEY)."
+    ),
 ]
 Yes = Annotated[
     bool, typer.Option("--yes", "-y", help="Do not ask for confirmation (needed without a TTY).")
@@ -124,11 +166,34 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 
 def readable_errors(fn: Callable[..., T]) -> Callable[..., T]:
-    """Turn expected failures into one readable line and a non-zero exit code."""
+    """Turn expected failures into one readable line and a non-zero exit code; warn first
+    about unknown CONVEYOR_* variables."""
+    return _readable(fn, warn=True)
 
+
+def readable_process_errors(fn: Callable[..., T]) -> Callable[..., T]:
+    """:func:`readable_errors` for the long-running processes, which warn about unknown
+    variables themselves once their logging is set up (:func:`start_process`)."""
+    return _readable(fn, warn=False)
+
+
+def start_process(log_level: str | None, log_format: str | None) -> None:
+    """What a worker, API or dev process does first: set up logging, warn about unknown
+    variables, refuse a bad process variable in one line (not later in a child process)."""
+    from ..logs import setup_logging
+
+    setup_logging(log_level, log_format)
+    warn_unknown_variables()
+    RuntimeSettings()
+    RedisSecrets()
+
+
+def _readable(fn: Callable[..., T], warn: bool) -> Callable[..., T]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> T:
         try:
+            if warn:
+                warn_unknown_variables()
             return fn(*args, **kwargs)
         except typer.Exit:
             raise
@@ -149,6 +214,7 @@ def readable_errors(fn: Callable[..., T]) -> Callable[..., T]:
 
 
 def settings_from(redis_url: str | None, namespace: str | None, partitions: int | None) -> Settings:
+    """The engine settings of a command without an App: its options above the environment."""
     return Settings.from_env(redis_url=redis_url, namespace=namespace, partitions=partitions)
 
 

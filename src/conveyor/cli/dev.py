@@ -16,9 +16,10 @@ from rich.console import Console
 from ..app import App
 from ..embedded import EmbeddedRedis, free_port
 from ..loader import load_app
-from ..logs import setup_logging
 from ..observability.tracing import setup_tracing
+from ..settings import LogSettings, Settings
 from ..worker.process import WorkerOptions, exit_past_stuck_steps, run_async, serve
+from .common import start_process
 
 console = Console(stderr=True)
 DEV_PORT = 6399
@@ -50,18 +51,24 @@ def run_dev(
     log_level: str,
     api_port: int | None = API_PORT,
 ) -> None:
-    # readable lines by default: dev runs in a terminal, often piped through tools
-    setup_logging(log_level, os.environ.get("CONVEYOR_LOG_FORMAT") or "console")
+    # readable lines unless CONVEYOR_LOG_FORMAT says otherwise: dev runs in a terminal,
+    # often piped through tools
+    chosen = "log_format" in LogSettings().model_fields_set
+    start_process(log_level, None if chosen else "console")
     setup_tracing("conveyor-dev")  # when OTEL_* variables ask for it
     server = None
+    from_env = Settings()
+    if redis_url is None and "redis_url" in from_env.model_fields_set:  # REDIS_URL is set
+        redis_url = from_env.redis_url
     if not redis_url:
         server = embedded_redis(data_dir).start()
         redis_url = server.url
         console.print(
             f"embedded Redis {server.version} at [bold]{redis_url}[/] (data in {server.data_dir})"
         )
-    app = load_app(app_ref or "conveyor.demo:app")
-    app.settings = app.settings.replace(redis_url=redis_url, namespace=namespace)
+    app = load_app(app_ref or "conveyor.demo:app").configured(
+        redis_url=redis_url, namespace=namespace
+    )
     first = next(iter(app.workflows))
     port = _port_or_free(api_port) if api_port is not None else None
 

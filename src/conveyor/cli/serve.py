@@ -22,10 +22,12 @@ from .common import (
     fail,
     out,
     readable_errors,
+    readable_process_errors,
+    start_process,
 )
 
 
-@readable_errors
+@readable_process_errors
 def worker(
     app: Annotated[str, typer.Argument(help="The App to run, as MODULE:ATTRIBUTE.")],
     concurrency: Annotated[
@@ -48,11 +50,10 @@ def worker(
         int | None,
         typer.Option(
             "--metrics-port",
-            envvar="CONVEYOR_METRICS_PORT",
             min=0,
             max=65535,
             help="Serve the metrics of all worker processes (/metrics) and the probes "
-            "(/healthz, /readyz, /drain) on this port.",
+            "(/healthz, /readyz, /drain) on this port (else CONVEYOR_METRICS_PORT).",
         ),
     ] = None,
     metrics_host: Annotated[
@@ -93,8 +94,8 @@ def worker(
     On SIGTERM or Ctrl-C they drain (running steps finish) and exit 0.
     """
     from ..loader import load_app
-    from ..logs import setup_logging
     from ..scaling.local import AutoscaleOptions, parse_range
+    from ..settings import RuntimeSettings
     from ..worker.process import WorkerOptions, run_workers
 
     scaling = None
@@ -106,11 +107,12 @@ def worker(
         scaling = AutoscaleOptions(
             low, high, target, autoscale_interval, scale_up_window, scale_down_window
         )
-    setup_logging(log_level, log_format)
-    loaded = load_app(app)
+    start_process(log_level, log_format)
+    if metrics_port is None:
+        metrics_port = RuntimeSettings().metrics_port
     overrides = {"redis_url": redis_url, "namespace": namespace, "partitions": partitions}
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    loaded.settings = loaded.settings.replace(**overrides)
+    loaded = load_app(app).configured(**overrides)
     options = WorkerOptions(
         concurrency=concurrency,
         queues=[q.strip() for q in queues.split(",") if q.strip()] if queues else None,
@@ -124,7 +126,7 @@ def worker(
     raise typer.Exit(run_workers(app, loaded, processes, options, log_level))
 
 
-@readable_errors
+@readable_process_errors
 def dev(
     app: Annotated[
         str | None,
@@ -160,7 +162,7 @@ def dev(
     )
 
 
-@readable_errors
+@readable_process_errors
 def api(
     app: Annotated[str, typer.Argument(help="The App to serve, as MODULE:ATTRIBUTE.")],
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
@@ -181,21 +183,12 @@ def api(
     `conveyor api-key`). Prometheus metrics are at /metrics (all API processes) and the
     queue exporter's at /metrics/queues.
     """
-    import os
-
     from ..api.server import run
-    from ..logs import setup_logging
 
-    setup_logging(log_level, log_format)
-    for name, value in (
-        ("REDIS_URL", redis_url),
-        ("CONVEYOR_NAMESPACE", namespace),
-        ("CONVEYOR_PARTITIONS", str(partitions) if partitions else None),
-    ):
-        if value:
-            os.environ[name] = value
+    start_process(log_level, log_format)
+    arguments = {"redis_url": redis_url, "namespace": namespace, "partitions": partitions}
     run(app, host=host, port=port, workers=workers, auth=False if no_auth else None,
-        log_level=log_level)  # fmt: skip
+        log_level=log_level, arguments=arguments)  # fmt: skip
 
 
 @readable_errors
@@ -221,6 +214,8 @@ def api_key(
 
 def register(cli: typer.Typer) -> None:
     """Add the process commands to ``cli``."""
-    for command in (worker, dev, api):
+    from .config import config
+
+    for command in (worker, dev, api, config):
         cli.command()(command)
     cli.command("api-key")(api_key)

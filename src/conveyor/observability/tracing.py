@@ -35,6 +35,11 @@ from opentelemetry.trace import (
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+# the carrier's wire format is storage's (re-exported: metrics.py and tests use these names)
+from ..storage.carriers import carrier as carrier
+from ..storage.carriers import split as split
+from ..storage.carriers import trace_id_of as trace_id_of
+
 if TYPE_CHECKING:
     from ..storage.records import Task
 
@@ -42,32 +47,6 @@ log = logging.getLogger("conveyor.tracing")
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 INSTRUMENTATION = "conveyor"
-
-
-# -- the carrier ------------------------------------------------------------------------------
-
-
-def carrier(started_ms: int, traceparent: str = "") -> str:
-    """``'<start ms>'`` or ``'<start ms> <traceparent>'``."""
-    return f"{started_ms} {traceparent}" if traceparent else str(started_ms)
-
-
-def split(value: str) -> tuple[int | None, str]:
-    """(workflow start in ms or None, traceparent or '') of a carrier."""
-    if not value:
-        return None, ""
-    head, _, traceparent = value.partition(" ")
-    try:
-        return int(head), traceparent
-    except ValueError:
-        return None, ""
-
-
-def trace_id_of(value: str) -> str | None:
-    """The 32-hex trace id in a carrier's traceparent, or None."""
-    traceparent = split(value)[1]
-    parts = traceparent.split("-")
-    return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else None
 
 
 def _traceparent(span: trace.Span) -> str:
@@ -116,7 +95,9 @@ class Tracing:
         if self.enabled:
             return True
         provider = trace.get_tracer_provider()
-        off = os.environ.get("CONVEYOR_TRACING", "").lower() in ("0", "off", "false", "no")
+        from ..settings import RuntimeSettings
+
+        off = not RuntimeSettings().tracing
         real = not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
         if real and not off:
             self.enabled, self.tracer = True, provider.get_tracer(INSTRUMENTATION)

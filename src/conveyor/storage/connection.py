@@ -15,7 +15,6 @@ redis-py's connection options (``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile
 
 from __future__ import annotations
 
-import os
 import socket
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
@@ -47,6 +46,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import ConfigurationError, ReplicationError
+from ..settings import RedisSecrets
 
 #: TCP keepalive probing: a silent peer is declared dead after about 10 + 3 * 5 = 25 s
 #: (Linux's default would wait over two hours).
@@ -230,7 +230,8 @@ def connect(url: str, *, max_connections: int | None = None, **options: Any) -> 
     ``sentinel_username``) from the URL's query or ``REDIS_SENTINEL_PASSWORD``.
     """
     target = RedisTarget.parse(url)
-    password = os.environ.get("REDIS_PASSWORD")
+    secrets = RedisSecrets()
+    password = secrets.redis_password and secrets.redis_password.get_secret_value()
     if password and "password" not in options and not urlsplit(url).password:
         options["password"] = password
     # No per-command socket timeout: on Python 3.11 redis-py wraps every read and write in
@@ -276,8 +277,9 @@ def _sentinel(
     }
     if tls:
         sentinel_options["ssl"] = True
-    sentinel_password = options.pop("sentinel_password", None) or os.environ.get(
-        "REDIS_SENTINEL_PASSWORD"
+    from_env = RedisSecrets().redis_sentinel_password
+    sentinel_password = options.pop("sentinel_password", None) or (
+        from_env and from_env.get_secret_value()
     )
     if sentinel_password:
         sentinel_options["password"] = sentinel_password

@@ -91,7 +91,9 @@ async def report_health(worker: Worker, board: HealthBoard, slot: int) -> None:
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop's loop when it is installed (``pip install 'conveyor[fast]'``): about 15% more
     transitions per second per worker process (docs/benchmarks.md); else asyncio's own."""
-    if os.environ.get("CONVEYOR_EVENT_LOOP", "auto") == "asyncio":
+    from ..settings import RuntimeSettings
+
+    if RuntimeSettings().event_loop == "asyncio":
         return None
     try:
         import uvloop
