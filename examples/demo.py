@@ -102,14 +102,7 @@ def redis_server(console: Console) -> Iterator[str]:
 
 async def delete_namespace(client: AsyncClient, namespace: str) -> None:
     """Remove every key of the demo's own namespace (nobody else uses it)."""
-    batch: list[bytes] = []
-    async for key in client.redis.scan_iter(match=f"{namespace}:*", count=1000):
-        batch.append(key)
-        if len(batch) >= 1000:
-            await client.redis.unlink(*batch)
-            batch.clear()
-    if batch:
-        await client.redis.unlink(*batch)
+    await client.store.namespace.purge()
 
 
 # -- the run ---------------------------------------------------------------------------------------

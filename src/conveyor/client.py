@@ -24,7 +24,7 @@ from .settings import Settings
 from .status import FINISHED, RunStatus, outcome_error
 from .storage.connection import RedisClient, connect
 from .storage.records import DeadLetter, WorkflowStatus
-from .storage.store import StartRequest, Store
+from .storage.store import StartRequest, Store, now_ms
 from .watcher import FinishedWatcher
 from .workflow.definition import DEFAULT_MAX_STEPS, check_name
 
@@ -66,11 +66,11 @@ class AsyncClient:
         )
         self.app = app
         TRACING.refresh()  # trace starts when the application installed a TracerProvider
-        self.redis = redis or connect(self.settings.redis_url)
+        # the client is made here, then used only through the store
+        self.store = Store(redis or connect(self.settings.redis_url), self.settings)
         self._owns_redis = redis is None
-        self.store = Store(self.redis, self.settings)
         self._routes: dict[str, Route] = {}
-        self._watcher = FinishedWatcher(self.redis)
+        self._watcher = FinishedWatcher(self.store)
         # looked up per call, so a replaced store method (a test's spy) is the one used
         self._starts: Coalescer[StartRequest, tuple[str, bool]] = Coalescer(
             lambda requests: self.store.start_many(requests)
@@ -87,7 +87,7 @@ class AsyncClient:
     async def close(self) -> None:
         await self._watcher.close()
         if self._owns_redis:
-            await self.redis.aclose()
+            await self.store.close()
 
     # -- starting ---------------------------------------------------------------------------
 
@@ -142,6 +142,7 @@ class AsyncClient:
             raise ValueError(f"max_steps must be a positive integer, not {max_steps!r}")
         if not self._checked:
             await self._check_partitions()
+        now = now_ms()
         request = self.store.start_request(
             workflow,
             route.step,
@@ -152,6 +153,8 @@ class AsyncClient:
             max_steps=max_steps or route.max_steps,
             delay=delay,
             on_cancel=route.on_cancel,
+            now=now,
+            trace=TRACING.start_carrier(now, workflow),
         )
         try:
             workflow_id, created = await self._starts.call(request)
@@ -176,19 +179,24 @@ class AsyncClient:
         route = await self._route(workflow)
         if not self._checked:
             await self._check_partitions()
-        requests = [
-            self.store.start_request(
-                workflow,
-                route.step,
-                route.queue,
-                value,
-                idempotency_key=None if idempotency_key is None else f"{idempotency_key}:{i}",
-                request_id=request_id,
-                max_steps=route.max_steps,
-                on_cancel=route.on_cancel,
+        start_carrier = TRACING.start_carrier
+        requests = []
+        for i, value in enumerate(inputs):
+            now = now_ms()
+            requests.append(
+                self.store.start_request(
+                    workflow,
+                    route.step,
+                    route.queue,
+                    value,
+                    idempotency_key=None if idempotency_key is None else f"{idempotency_key}:{i}",
+                    request_id=request_id,
+                    max_steps=route.max_steps,
+                    on_cancel=route.on_cancel,
+                    now=now,
+                    trace=start_carrier(now, workflow),
+                )
             )
-            for i, value in enumerate(inputs)
-        ]
         out: list[str | BackPressureError] = []
         for start in range(0, len(requests), START_CHUNK):
             results = await self.store.start_many(requests[start : start + START_CHUNK])

@@ -9,7 +9,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
-from redis.exceptions import ConnectionError as RedisConnectionError
+from .storage.errors import RedisConnectionError
 
 T = TypeVar("T")
 R = TypeVar("R")

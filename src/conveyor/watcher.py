@@ -11,15 +11,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .storage.control import Subscription
+    from .storage.store import Store
 
 log = logging.getLogger("conveyor.client")
 
 
 class FinishedWatcher:
-    def __init__(self, redis: Any) -> None:
-        self.redis = redis
-        self.pubsub: Any = None
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.subscription: Subscription | None = None
         self.channels: set[str] = set()
         self.waiters: dict[str, list[asyncio.Future[None]]] = {}
         self.listener: asyncio.Task[None] | None = None
@@ -29,10 +33,10 @@ class FinishedWatcher:
         if channel in self.channels:
             return
         async with self._lock:
-            if self.pubsub is None:
-                self.pubsub = self.redis.pubsub()
+            if self.subscription is None:
+                self.subscription = self.store.subscription()
             if channel not in self.channels:
-                await self.pubsub.subscribe(channel)
+                await self.subscription.subscribe(channel)
                 self.channels.add(channel)
             if self.listener is None:
                 self.listener = asyncio.create_task(self._listen(), name="conveyor-watcher")
@@ -50,19 +54,18 @@ class FinishedWatcher:
                 del self.waiters[workflow_id]
 
     async def _listen(self) -> None:
+        assert self.subscription is not None  # started by subscribe()
         while True:
             try:
-                message = await self.pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                workflow_id = await self.subscription.message(timeout=1.0)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the connection dropped: waiters re-read statuses
                 log.debug("finished-channel listener: %s", exc)
                 await asyncio.sleep(0.5)
                 continue
-            if message is None:
+            if workflow_id is None:
                 continue
-            data = message.get("data")
-            workflow_id = data.decode() if isinstance(data, bytes) else str(data)
             for future in self.waiters.pop(workflow_id, []):
                 if not future.done():
                     future.set_result(None)
@@ -72,5 +75,5 @@ class FinishedWatcher:
             self.listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.listener
-        if self.pubsub is not None:
-            await self.pubsub.aclose()
+        if self.subscription is not None:
+            await self.subscription.close()

@@ -434,7 +434,7 @@ async def one_millisecond(server: ApiServer, ids: list[str]) -> None:
     """Make ``ids`` look started in the same millisecond (as a burst of submissions can be),
     in the listing's index and in their state: the hard case for a cursor."""
     async with AsyncClient(app=engine(server)) as direct:
-        keys, pipe = direct.store.keys, direct.redis.pipeline(transaction=False)
+        keys, pipe = direct.store.keys, direct.store.redis.pipeline(transaction=False)
         created = int(time.time() * 1000) - 1000
         for wf_id in ids:
             pipe.zadd(keys.recent(keys.partition(wf_id)), {wf_id: created}, xx=True, ch=True)
@@ -891,7 +891,7 @@ async def _finished(server: ApiServer, wf_id: str) -> bool:
 def test_openapi_declares_the_bearer_scheme_and_headers(server: ApiServer) -> None:
     doc = httpx.get(f"{server.url}/openapi.json").json()
     assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
-    submit = doc["paths"]["/v1/workflows/{name}"]["post"]
+    submit = doc["paths"]["/v1/workflows/{workflow}"]["post"]
     assert submit["security"] == [{"bearer": []}]
     headers = {p["name"] for p in submit["parameters"] if p["in"] == "header"}
     assert headers == {"Idempotency-Key", "X-Request-ID"}

@@ -15,16 +15,9 @@ from redis.exceptions import ResponseError
 
 from conveyor.embedded import EmbeddedRedis
 from conveyor.errors import DefinitionError
-from conveyor.limits import (
-    Limit,
-    Limiter,
-    Rate,
-    as_limit,
-    concurrency_key,
-    parse_rate,
-    rate_key,
-)
+from conveyor.limits import Limit, Rate, as_limit, parse_rate
 from conveyor.storage.connection import connect
+from conveyor.storage.limits import Limiter, concurrency_key, rate_key
 from conveyor.storage.scripts import ScriptRegistry
 
 # -- parse_rate ----------------------------------------------------------------------------

@@ -131,6 +131,50 @@ async def test_metrics_of_two_worker_processes_match_what_happened(
     assert "Traceback" not in output.replace("ValueError: cannot handle", ""), output
 
 
+def test_every_series_exists_at_zero_before_the_first_event(
+    redis7: EmbeddedRedis, namespace: str
+) -> None:
+    """A counter that appears at its first increment is invisible to increase() over the
+    window holding it: a worker and the API publish every series their app can produce at
+    0 from the start, and no _created series."""
+    ports = free_port(), free_port()
+    env = base_env(redis7, namespace)
+    worker = spawn(["worker", APP, "--metrics-port", str(ports[0]),
+                    "--metrics-host", "127.0.0.1"], env)  # fmt: skip
+    api = spawn(["api", APP, "--port", str(ports[1]), "--no-auth"], env)
+    try:
+        wait_http(f"http://127.0.0.1:{ports[0]}/metrics", worker)
+        wait_http(f"http://127.0.0.1:{ports[1]}/healthz", api)
+        scrape = samples(f"http://127.0.0.1:{ports[0]}/metrics")
+        steps = [("pipeline", "fetch", "front"), ("pipeline", "score", "back"),
+                 ("pipeline", "publish", "front"), ("flaky", "once", "front"),
+                 ("broken", "explode", "front")]  # fmt: skip
+        for workflow, step, queue in steps:
+            labels = {"workflow": workflow, "step": step, "queue": queue}
+            for name in ("started", "completed", "failed", "retried", "dead_lettered",
+                         "limited", "dropped"):  # fmt: skip
+                assert (f"conveyor_steps_{name}_total", tuple(sorted(labels.items()))) in scrape
+                assert value(scrape, f"conveyor_steps_{name}_total", **labels) == 0
+            assert value(scrape, "conveyor_step_duration_seconds_count", **labels) == 0
+        for queue in ("front", "back"):
+            assert ("conveyor_tasks_reclaimed_total", (("queue", queue),)) in scrape
+        for workflow in ("pipeline", "flaky", "broken"):
+            key = (("status", "failed"), ("workflow", workflow))
+            assert ("conveyor_workflow_duration_seconds_count", key) in scrape
+        api_scrape = samples(f"http://127.0.0.1:{ports[1]}/metrics")
+        for workflow in ("pipeline", "flaky", "broken"):
+            assert ("conveyor_workflows_started_total", (("workflow", workflow),)) in api_scrape
+            for reason in ("backpressure", "rate_limit"):
+                key = (("reason", reason), ("workflow", workflow))
+                assert value(api_scrape, "conveyor_enqueue_refused_total", **dict(key)) == 0
+                assert ("conveyor_enqueue_refused_total", key) in api_scrape
+        created = [n for n, _ in (*scrape, *api_scrape) if n.endswith("_created")]
+        assert not created, created
+    finally:
+        stop(worker)
+        stop(api)
+
+
 async def live_workers(client: AsyncClient, want: int = 2) -> list[dict[str, Any]] | None:
     keys = client.store.keys
     names = await client.store.redis.zrange(keys.workers, 0, -1)

@@ -22,7 +22,7 @@ from conveyor import (
     WorkflowFailedError,
     goto,
 )
-from conveyor.limits import rate_key
+from conveyor.storage.limits import rate_key
 from tests.conftest import drain
 
 MakeApp = Callable[..., App]

@@ -81,4 +81,4 @@ async def test_event_streams_can_be_turned_off(make_app: MakeApp, client_for: Cl
     await drain(app)
     assert await client.result(wf_id, timeout=1) == 5
     assert [h.status for h in (await client.status(wf_id)).history] == ["completed"]
-    assert not await client.redis.exists(client.store.keys.events(wf_id))
+    assert not await client.store.redis.exists(client.store.keys.events(wf_id))

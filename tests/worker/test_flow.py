@@ -497,8 +497,8 @@ async def test_replay_while_a_worker_runs_is_not_dropped_as_stopped(
         await until(lambda: wf_id in worker.stopped)  # failed, and the worker heard of it
         [letter] = await client.dead_letters()
         broken["on"] = False
-        worker.stopped._apply(b"stop " + wf_id.encode())  # keep it there: the race's worst case
+        worker.stopped._apply(f"stop {wf_id}")  # keep it there: the race's worst case
         worker.stopped.resumed = lambda _id: None  # type: ignore[method-assign]
         await client.replay(letter.id)
-        worker.stopped._apply(b"stop " + wf_id.encode())  # the 'resume' message comes late
+        worker.stopped._apply(f"stop {wf_id}")  # the 'resume' message comes late
         assert await client.result(wf_id, timeout=10) == 2

@@ -14,14 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.utils import get_openapi
-from redis.exceptions import OutOfMemoryError
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from starlette.responses import PlainTextResponse, Response
 
@@ -29,13 +27,14 @@ from .. import __version__
 from ..app import App
 from ..errors import (
     BackPressureError,
-    ConfigurationError,
     ResultTimeoutError,
 )
+from ..models import WorkflowStatus
 from ..observability.exporter import queue_metrics_response
 from ..observability.metrics import HttpMetrics, exposition
+from ..status import RunStatus
 from ..storage.connection import UNAVAILABLE
-from ..storage.records import WorkflowStatus
+from ..storage.errors import OutOfMemoryError
 from .dispatcher import (
     ENGINE_ERRORS,
     Dispatcher,
@@ -46,13 +45,13 @@ from .dispatcher import (
     _is_stream_id,
     _unavailable,
 )
-from .middleware import REQUEST_TIMEOUT, RequestHygiene
+from .middleware import RequestHygiene
 from .models import (
     _ID,
     _NAME,
     ANY_JSON,
     JSON,
-    SSE_EVENT,
+    SSE_STREAM,
     CancelOutcome,
     DeadLetterList,
     Health,
@@ -69,6 +68,7 @@ from .models import (
     _headers,
     _json,
 )
+from .openapi import build as build_openapi
 from .problems import (
     Problem,
     on_http_error,
@@ -88,16 +88,9 @@ log = logging.getLogger("conveyor.api")
 def request_timeout_from_env() -> float | None:
     """CONVEYOR_API_REQUEST_TIMEOUT: seconds a request may wait for its answer (default 10;
     0 turns the bound off)."""
-    raw = os.environ.get("CONVEYOR_API_REQUEST_TIMEOUT", "").strip()
-    try:
-        seconds = float(raw) if raw else REQUEST_TIMEOUT
-    except ValueError:
-        raise ConfigurationError(
-            f"CONVEYOR_API_REQUEST_TIMEOUT must be a number of seconds, not {raw!r}"
-        ) from None
-    if not seconds >= 0:
-        raise ConfigurationError(f"CONVEYOR_API_REQUEST_TIMEOUT must be >= 0, not {raw!r}")
-    return seconds or None
+    from ..settings import ApiEnvironment
+
+    return ApiEnvironment().request_timeout or None
 
 
 def create_app(
@@ -132,10 +125,11 @@ def create_app(
         description="Submit, follow, signal and cancel durable workflows.",
         lifespan=lifespan,
         responses=problem_responses(401, 403, 413, 429, 503),
+        generate_unique_id_function=_operation_id,
         **native_telemetry_off(),
     )
     api.state.dispatcher = dispatcher
-    api.openapi = lambda: _openapi(api)  # type: ignore[method-assign, unused-ignore]
+    api.openapi = lambda: _openapi(api, app)  # type: ignore[method-assign, unused-ignore]
     api.add_exception_handler(Problem, on_problem)
     api.add_exception_handler(HTTPException, on_http_error)
     api.add_exception_handler(RequestValidationError, on_validation_error)
@@ -157,6 +151,11 @@ def create_app(
     return api
 
 
+def _operation_id(route: APIRoute) -> str:
+    """A route's operationId is its handler's name: what generated clients call it."""
+    return route.name
+
+
 async def _check_redis(dispatcher: Dispatcher) -> None:
     with contextlib.suppress(Exception):
         await dispatcher.client.store.check_partitions()
@@ -168,43 +167,26 @@ async def _flush_every(metrics: HttpMetrics, seconds: float) -> None:
         metrics.flush()
 
 
-UNAUTHENTICATED = {
-    "/healthz", "/readyz", "/metrics", "/metrics/queues", "/openapi.json", "/docs", "/redoc",
-}  # fmt: skip
-
-
-def _openapi(api: FastAPI) -> dict[str, Any]:
-    """FastAPI's document, plus the bearer scheme (so /docs can send a key), and without
-    the auth and rate-limit answers on the routes that need no key."""
-    if api.openapi_schema:
-        return api.openapi_schema
-    schema = get_openapi(
-        title=api.title, version=api.version, description=api.description, routes=api.routes
-    )
-    schema.setdefault("components", {})["securitySchemes"] = {
-        "bearer": {"type": "http", "scheme": "bearer", "description": "an API key"}
-    }
-    for path, operations in schema["paths"].items():
-        for operation in operations.values():
-            if path in UNAUTHENTICATED:
-                operation["security"] = []
-                for status in ("401", "403", "413", "429"):
-                    operation.get("responses", {}).pop(status, None)
-            else:
-                operation["security"] = [{"bearer": []}]
-    api.openapi_schema = schema
-    return schema
+def _openapi(api: FastAPI, app: App) -> dict[str, Any]:
+    if not api.openapi_schema:
+        api.openapi_schema = build_openapi(api, app)
+    return api.openapi_schema
 
 
 def _routes(d: Dispatcher) -> APIRouter:
     r = APIRouter()
+    # one Path object per parameter name: FastAPI keeps the first name it was used with
     WorkflowId = Path(pattern=_ID, description="workflow id")
     Name = Path(pattern=_NAME, description="workflow name")
+    StartName = Path(pattern=_NAME, description="the name of the workflow to start")
+    ReadId = Path(pattern=_ID, description="the id of the workflow run to read")
 
     # -- submit -----------------------------------------------------------------------------
 
+    # one path, two meanings (OpenAPI allows one parameter name per path): a workflow's
+    # name to start it, a workflow run's id to read it
     @r.post(
-        "/v1/workflows/{name}", status_code=202, response_model=Submitted, tags=["submit"],
+        "/v1/workflows/{workflow}", status_code=202, response_model=Submitted, tags=["submit"],
         summary="Start a workflow",
         openapi_extra={**_body("the workflow's input (any JSON)"),
                        **_headers("Idempotency-Key", "X-Request-ID")},
@@ -212,12 +194,12 @@ def _routes(d: Dispatcher) -> APIRouter:
     )  # fmt: skip
     async def submit(
         request: Request,
-        name: str = Name,
+        workflow: str = StartName,
         delay: float | None = Query(None, ge=0, le=31_536_000, description="seconds"),
         max_steps: int | None = Query(None, ge=1, le=1_000_000_000),
     ) -> Response:
         # documents the route; requests are served by submit_fast (see create_app)
-        return await d.submit(request, name, delay, max_steps)
+        return await d.submit(request, workflow, delay, max_steps)
 
     @r.post(
         "/v1/workflows/{name}/batch", status_code=202, response_model=SubmittedBatch,
@@ -254,7 +236,7 @@ def _routes(d: Dispatcher) -> APIRouter:
             **_body(
                 'a JSON object: "workflow" names it (default: the app\'s first workflow); the '
                 "other fields are its input",
-                {"type": "object"},
+                {"$ref": "#/components/schemas/StartBody"},
             ),
             **_headers("Idempotency-Key", "X-Request-ID"),
         },
@@ -266,7 +248,9 @@ def _routes(d: Dispatcher) -> APIRouter:
         if not isinstance(body, dict):
             raise Problem(400, 'the body must be a JSON object ({"workflow": ..., ...})')
         body = dict(body)
-        name = body.pop("workflow") if "workflow" in body else next(iter(d.app.workflows), None)
+        name = body.pop("workflow", None)  # absent or null: the app's first workflow
+        if name is None:
+            name = next(iter(d.app.workflows), None)
         if not isinstance(name, str) or not name:
             raise Problem(400, '"workflow" must be a workflow name', kind="bad-request")
         d.validate_input(name, body)
@@ -283,12 +267,12 @@ def _routes(d: Dispatcher) -> APIRouter:
     # -- read -------------------------------------------------------------------------------
 
     @r.get(
-        "/v1/workflows/{workflow_id}", response_model=WorkflowStatus, tags=["read"],
+        "/v1/workflows/{workflow}", response_model=WorkflowStatus, tags=["read"],
         summary="Status, step history, result or error", responses=problem_responses(404, 422),
     )  # fmt: skip
-    async def status(request: Request, workflow_id: str = WorkflowId) -> Response:
+    async def status(request: Request, workflow: str = ReadId) -> Response:
         headers = await d.admit(request, "read")
-        st = await d.client.status(workflow_id)
+        st = await d.client.status(workflow)
         if not request.state.api_key.allows("admin"):
             if st.error is not None:
                 st.error.traceback = None
@@ -330,8 +314,8 @@ def _routes(d: Dispatcher) -> APIRouter:
         summary="Server-Sent Events: every step attempt, every ctx.emit, then the end",
         response_class=Response,
         responses={
-            200: {"content": {"text/event-stream": {"schema": SSE_EVENT}},
-                  "description": "event stream (the schema is one event's)"},
+            200: {"content": {"text/event-stream": {"schema": SSE_STREAM}},
+                  "description": "the workflow's events, until its end"},
             204: {"description": "the stream ended at or before Last-Event-ID: nothing follows"},
             **problem_responses(400, 404, 422),
         },
@@ -368,7 +352,7 @@ def _routes(d: Dispatcher) -> APIRouter:
     async def list_workflows(
         request: Request,
         name: str | None = Query(None, pattern=_NAME),
-        status: str | None = Query(None, pattern="^(running|waiting|completed|failed|cancelled)$"),
+        status: RunStatus | None = None,
         limit: int = Query(50, ge=1, le=1000),
         cursor: str | None = Query(None, max_length=300),
     ) -> Response:

@@ -3,14 +3,16 @@ these describe it)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
-from ..storage.queries import QueueStats, WaitEntry, WorkflowSummary
-from ..storage.records import DeadLetter
+from ..models import DeadLetter, QueueStats, StepError
+from ..models import WaitPage as WaitPage  # response models of their routes
+from ..models import WorkflowPage as WorkflowPage
+from ..status import RunStatus
 
 JSON = "application/json"
 ANY_JSON: dict[str, Any] = {}  # a JSON schema that accepts any value
@@ -22,12 +24,21 @@ _NAME = r"^[A-Za-z_][A-Za-z0-9_.\-]{0,127}$"
 
 
 class Submitted(BaseModel):
-    id: str
-    status_url: str
+    id: str = Field(description="the new workflow's id")
+    status_url: str = Field(description="where to read its status (also the Location header)")
 
 
 class SubmittedBatch(BaseModel):
-    ids: list[str]
+    ids: list[str] = Field(description="the new workflows' ids, in the order of the inputs")
+
+
+class StartBody(BaseModel):
+    """The body of ``POST /start``: ``workflow`` names the workflow (default: the app's
+    first); every other field is its input."""
+
+    model_config = ConfigDict(extra="allow")
+
+    workflow: str | None = Field(None, pattern=_NAME, description="the workflow's name")
 
 
 class Started(BaseModel):
@@ -36,30 +47,22 @@ class Started(BaseModel):
 
 class ResultModel(BaseModel):
     id: str
-    status: str = Field(description="completed, failed, cancelled; else still running")
-    result: Any = None
-    error: Any = None
+    status: RunStatus = Field(description="completed, failed, cancelled; else still running")
+    result: Any = Field(None, description="the result (completed)")
+    error: StepError | None = Field(None, description="why it failed (failed)")
 
 
 class SignalOutcome(BaseModel):
     id: str
     signal: str
-    outcome: str = Field(description="delivered (a wait resumed) or buffered")
+    outcome: Literal["delivered", "buffered"] = Field(
+        description="delivered (a wait resumed) or buffered (kept for a later wait)"
+    )
 
 
 class CancelOutcome(BaseModel):
     id: str
-    status: str
-
-
-class WorkflowPage(BaseModel):
-    items: list[WorkflowSummary]
-    next_cursor: str | None
-
-
-class WaitPage(BaseModel):
-    items: list[WaitEntry]
-    next_cursor: str | None
+    status: RunStatus = Field(description="its final status (cancelled, or how it had ended)")
 
 
 class QueueList(BaseModel):
@@ -75,23 +78,19 @@ class Replayed(BaseModel):
 
 
 class Health(BaseModel):
-    status: str
+    status: Literal["ok", "ready"]
     version: str | None = None
 
 
-#: One Server-Sent Event of /v1/workflows/{id}/events (OpenAPI < 3.2: the schema of a
-#: text/event-stream response describes each event).
-SSE_EVENT: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "id": {"type": "string", "description": "resume after it with Last-Event-ID"},
-        "event": {"type": "string", "enum": ["step", "emit", "end"],
-                  "description": "an attempt's record, what a step emitted, the end"},
-        "data": {"type": "string", "contentMediaType": JSON},
-        "retry": {"type": "integer"},
-    },
-    "required": ["id", "event", "data"],
-}  # fmt: skip
+#: The text/event-stream answer of /v1/workflows/{id}/events: a string to generated clients
+#: (OpenAPI 3.1 has no schema per event), each event described in words.
+SSE_STREAM: dict[str, Any] = {
+    "type": "string",
+    "description": "Server-Sent Events, each `id: <entry id>` (resume after it with "
+    "Last-Event-ID), `event: step|emit|end` (an attempt's history record, what a step "
+    "emitted, the end) and `data: <JSON>`; a `retry:` line first and `: keep-alive` "
+    "comments between events",
+}
 
 
 def _body(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:

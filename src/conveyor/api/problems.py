@@ -18,6 +18,14 @@ PROBLEM_TYPE = "https://conveyor.dev/problems/"
 MEDIA_TYPE = "application/problem+json"
 
 
+class FieldError(BaseModel):
+    """One field a 422 refused: where (``loc``, e.g. ``["body", "qty"]``) and why."""
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
 class ProblemModel(BaseModel):
     """RFC 9457 problem details."""
 
@@ -26,7 +34,7 @@ class ProblemModel(BaseModel):
     status: int
     detail: str
     instance: str | None = None
-    errors: list[dict[str, Any]] | None = Field(None, description="field errors (422)")
+    errors: list[FieldError] | None = Field(None, description="field errors (422)")
     retry_after: float | None = Field(None, description="seconds (429, 503)")
     accepted: list[str] | None = Field(None, description="ids started before a 429 (batch)")
 

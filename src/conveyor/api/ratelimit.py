@@ -15,7 +15,8 @@ import time
 from dataclasses import dataclass, field
 
 from ..coalesce import Coalescer
-from ..limits import Limit, Limiter
+from ..limits import Limit
+from ..storage.limits import Limiter
 
 LEASE_SECONDS = 1.0
 BLOCKS_PER_BUCKET = 20

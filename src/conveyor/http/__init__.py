@@ -15,8 +15,8 @@ blocking client needs no thread or private event loop. Both share the I/O-free c
 stream is parsed); only sending and sleeping differ between them.
 """
 
+from ..models import Event, WorkflowPage
 from .clients import AsyncHttpClient, HttpClient
-from .core import Event, WorkflowPage
 from .errors import ApiError, ApiUnavailableError, AuthError, InputError, PartialBatchError
 
 __all__ = [

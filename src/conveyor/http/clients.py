@@ -11,12 +11,10 @@ from typing import Any
 import httpx
 
 from ..errors import ConveyorError
-from ..storage.records import DeadLetter, WorkflowStatus
+from ..models import DeadLetter, Event, WorkflowPage, WorkflowStatus
 from .core import (
     _ENDED,
     EVENTS_READ_TIMEOUT,
-    Event,
-    WorkflowPage,
     _batch_call,
     _Call,
     _cancel_call,

@@ -13,9 +13,9 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
-import orjson
+from pydantic_core import from_json, to_json
 
-from .. import __version__, codec
+from .. import __version__
 from ..errors import (
     BackPressureError,
     ConveyorError,
@@ -26,8 +26,10 @@ from ..errors import (
     UnknownWorkflowError,
     WorkflowNotFoundError,
 )
+from ..models import Event as Event  # re-exported (cli/backend.py)
+from ..models import WorkflowPage as WorkflowPage
+from ..models import WorkflowSummary
 from ..status import outcome_error
-from ..storage.queries import WorkflowSummary
 from .errors import ApiError, ApiUnavailableError, AuthError, InputError, PartialBatchError
 
 JSON = "application/json"
@@ -41,29 +43,6 @@ EVENTS_READ_TIMEOUT = 45.0
 MAX_RETRY_WAIT = 60.0
 #: Retries of connections that could not be opened (no Retry-After) start here and double.
 BACKOFF = 0.5
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One Server-Sent Event of a workflow.
-
-    ``event`` is ``step`` (an attempt's history record), ``emit`` (what a step sent with
-    ``ctx.emit``: step, task, attempt and data) or ``end`` (its final status); ``data`` is
-    decoded from JSON; ``id`` is what ``events(last_event_id=...)`` takes to resume after it.
-    """
-
-    id: str
-    event: str
-    data: Any
-
-
-@dataclass(frozen=True, slots=True)
-class WorkflowPage:
-    """One page of ``list_workflows``: ``items`` newest first, and ``next_cursor`` to pass
-    back for the next page (None after the last one)."""
-
-    items: list[WorkflowSummary]
-    next_cursor: str | None
 
 
 # -- the I/O-free core ----------------------------------------------------------------------------
@@ -90,7 +69,7 @@ def _seg(value: str) -> str:
 
 
 def _json_call(method: str, path: str, value: Any, headers: dict[str, str], **kw: Any) -> _Call:
-    return _Call(method, path, codec.dumps(value), headers={**headers, "Content-Type": JSON}, **kw)
+    return _Call(method, path, to_json(value), headers={**headers, "Content-Type": JSON}, **kw)
 
 
 def _start_headers(idempotency_key: str | None, request_id: str | None) -> dict[str, str]:
@@ -160,7 +139,7 @@ def _list_call(name: str | None, status: str | None, limit: int, cursor: str | N
 
 def _page(body: dict[str, Any]) -> WorkflowPage:
     items = [WorkflowSummary.model_validate(item) for item in body["items"]]
-    return WorkflowPage(items, body.get("next_cursor"))
+    return WorkflowPage(items=items, next_cursor=body.get("next_cursor"))
 
 
 def _dead_letters_call(limit: int) -> _Call:
@@ -197,14 +176,14 @@ def _timeout(base: httpx.Timeout, *, wait: float = 0.0, read: float | None = Non
 
 
 def _json(response: httpx.Response) -> Any:
-    return orjson.loads(response.content)
+    return from_json(response.content)
 
 
 def _problem(response: httpx.Response) -> dict[str, Any]:
     """The problem-details body, or one made up from the status when it is not JSON (a
     proxy's error page)."""
     with contextlib.suppress(ValueError):
-        body = orjson.loads(response.content)
+        body = from_json(response.content)
         if isinstance(body, dict):
             return body
     text = response.text.strip()[:300]
@@ -396,8 +375,8 @@ class _Follow:
 
 def _decode(text: str) -> Any:
     try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:
+        return from_json(text)
+    except ValueError:
         return text
 
 

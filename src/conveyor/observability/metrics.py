@@ -21,7 +21,7 @@ import time
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -30,11 +30,15 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    disable_created_metrics,
     generate_latest,
     multiprocess,
 )
 
 from ..errors import ScriptCode
+
+if TYPE_CHECKING:
+    from ..workflow import Workflow
 from ..storage.records import Task
 from .tracing import split
 
@@ -417,3 +421,42 @@ def count_started(workflow: str, n: int = 1) -> None:
 
 def count_refused(workflow: str, reason: str) -> None:
     ENQUEUE_REFUSED.labels(workflow, reason).inc()
+
+
+# -- series that exist from the start -----------------------------------------------------------
+
+#: Why a start is refused (the ``reason`` label of conveyor_enqueue_refused).
+REFUSAL_REASONS = ("backpressure", "rate_limit")
+#: How a workflow ends, as conveyor_workflow_duration_seconds labels it.
+ENDINGS = ("completed", "failed")
+
+
+def declare_series(workflows: Iterable[Workflow], *, worker: bool) -> None:
+    """Create every labelled series the app's definitions can produce, at 0, before the
+    first event: a counter that appears only at its first increment is invisible to
+    ``increase()`` and ``rate()`` over the window that holds that increment (a burst of
+    reclaims after a crash shows as almost nothing), and dashboards show "No data" instead
+    of 0. Also stops the ``_created`` series, which no query here uses: they double the
+    series count of every counter and histogram.
+
+    ``worker``: a worker declares the step, queue and workflow series; a client or the API
+    the start and refusal series."""
+    disable_created_metrics()  # type: ignore[no-untyped-call, unused-ignore]
+    for workflow in workflows:
+        if not worker:
+            WORKFLOWS_STARTED.labels(workflow.name)
+            for reason in REFUSAL_REASONS:
+                ENQUEUE_REFUSED.labels(workflow.name, reason)
+            continue
+        for ending in ENDINGS:
+            WORKFLOW_DURATION.labels(workflow.name, ending)
+        for step in workflow.steps.values():
+            labels = (workflow.name, step.name, step.queue)
+            for counter in STEP_COUNTERS:
+                counter.labels(*labels)
+            STEP_DURATION.labels(*labels)
+            if step.cache_ttl:
+                CACHE_HITS.labels(workflow.name, step.name)
+                CACHE_MISSES.labels(workflow.name, step.name)
+            for per_queue in (TASKS_RECLAIMED, COMMIT_DUPLICATES, POISON_ENTRIES):
+                per_queue.labels(step.queue)

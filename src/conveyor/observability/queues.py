@@ -17,9 +17,8 @@ from collections.abc import Iterator, Sequence
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from redis.exceptions import RedisError
 
-from ..storage.connection import UNAVAILABLE
+from ..storage.errors import UNAVAILABLE, RedisError
 from ..storage.snapshot import QueueSnapshot, queue_snapshot
 from ..storage.store import Store
 

@@ -14,14 +14,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from redis.exceptions import RedisError
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.table import Column, Table
 from rich.text import Text
 
 from ..settings import Settings
-from ..storage.connection import UNAVAILABLE, connect
+from ..storage.connection import connect
+from ..storage.errors import UNAVAILABLE, RedisError
 from ..storage.snapshot import QueueSnapshot
 from ..storage.store import Store
 from .queues import QueueExporter

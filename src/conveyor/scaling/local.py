@@ -16,11 +16,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from redis.exceptions import RedisError
-
 from ..errors import ConfigurationError
 from ..settings import Settings
-from ..storage.connection import UNAVAILABLE, connect
+from ..storage.connection import connect
+from ..storage.errors import UNAVAILABLE, RedisError
 from ..storage.snapshot import queue_snapshot
 from ..storage.store import Store
 from .hpa import DEFAULT_BEHAVIOR, Autoscaler, Behavior
@@ -88,7 +87,7 @@ class BacklogSignal:
     def close(self) -> None:
         if self._store is not None:
             store, self._store = self._store, None
-            self._runner.run(store.redis.aclose())
+            self._runner.run(store.close())
         self._runner.close()
 
 

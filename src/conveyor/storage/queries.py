@@ -10,52 +10,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, Field
-
 from .. import codec
+from ..models import QueueStats, WaitEntry, WorkflowSummary
 from ..status import FINISHED, RunStatus
 from .records import from_ms
 from .snapshot import queue_snapshot
 from .store import Store
 
+__all__ = ["Page", "Queries", "QueueStats", "WaitEntry", "WorkflowSummary"]
+
 #: Index entries read per partition and round while paging (more rounds when filtered out).
 PAGE_FACTOR = 2
 #: Dead letters read per partition to count them by queue (GET /v1/queues).
 DEAD_SCAN = 10_000
-
-
-class WorkflowSummary(BaseModel):
-    id: str
-    workflow: str
-    status: RunStatus
-    step: str | None = None
-    created_at: Any = None
-    updated_at: Any = None
-
-
-class WaitEntry(BaseModel):
-    """One open wait: a workflow waiting for a signal (e.g. a human approval)."""
-
-    workflow_id: str
-    workflow: str
-    signal: str
-    step: str = Field(description="the step the signal's payload goes to")
-    waiting_step: str | None = Field(None, description="the step that started the wait")
-    since: Any = None
-    deadline: Any = None
-    state: dict[str, Any] = Field(default_factory=dict, description="the workflow's ctx.state")
-    input: Any = Field(None, description="the workflow's input")
-
-
-class QueueStats(BaseModel):
-    queue: str
-    stream: int = Field(description="tasks in the task streams, waiting or running (backlog)")
-    pending: int = Field(description="tasks delivered to a worker, not yet acknowledged")
-    lag: int = Field(0, description="tasks not yet delivered to any worker")
-    oldest_age: float = Field(0.0, description="seconds the oldest of them has waited")
-    delayed: int = Field(description="retries, timers and held-back tasks not yet due")
-    dead: int = Field(description="dead letters of this queue")
-    workers: int = Field(0, description="live workers serving this queue")
 
 
 @dataclass(frozen=True, slots=True)

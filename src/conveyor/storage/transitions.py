@@ -15,8 +15,8 @@ from enum import StrEnum
 from typing import Any
 
 from .. import codec
-from ..observability.tracing import TRACING
 from ..settings import Settings
+from .carriers import child_carrier
 from .frames import parent_target
 from .keys import Keys
 from .records import Task
@@ -179,7 +179,7 @@ class Transitions:
         carry = task.trace if task.carry is None else task.carry
         argv = [
             child_id, child_workflow, first_step, payload, step, queue, max_steps, on_cancel,
-            TRACING.child_carrier(now, carry) if carry else "",
+            child_carrier(now, carry) if carry else "",
         ]  # fmt: skip
         return self._make(task, _CHILD, base, keys, argv)
 

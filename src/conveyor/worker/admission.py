@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import codec
-from ..limits import Limit, Limiter
+from ..limits import Limit
 from ..storage.frames import CANCEL_FRAME
+from ..storage.limits import Limiter
 from ..storage.records import Task
 from ..storage.store import Store, now_ms
 from ..workflow.outcomes import OutcomeKind
@@ -86,10 +87,8 @@ class Admission:
         cached: dict[int, bytes | None] = {}
         lookups = [t for t in tasks if not t.wait and self._cached_step(t)]
         if lookups:
-            pipe = self.store.redis.pipeline(transaction=False)
-            for t in lookups:  # GETs, not one MGET: cache keys hash to any slot (Cluster)
-                pipe.get(self.store.keys.cache(cache_digest(t)))
-            cached = dict(zip(map(id, lookups), await pipe.execute(), strict=True))
+            hits = await self.store.workers.cached([cache_digest(t) for t in lookups])
+            cached = dict(zip(map(id, lookups), hits, strict=True))
         keep = []
         for t in tasks:
             hit = cached.get(id(t))
@@ -107,11 +106,8 @@ class Admission:
         suspects = [t for t in tasks if t.workflow_id in self.stopped and t.frame != CANCEL_FRAME]
         if not suspects:
             return tasks
-        pipe = self.store.redis.pipeline(transaction=False)
-        for t in suspects:
-            pipe.hexists(self.store.keys.workflow(t.workflow_id, t.partition), f"t:{t.task}")
         dropped = set()
-        for t, active in zip(suspects, await pipe.execute(), strict=True):
+        for t, active in zip(suspects, await self.store.workers.active(suspects), strict=True):
             if active:
                 self.stopped.resumed(t.workflow_id)
             else:
@@ -209,7 +205,7 @@ class Admission:
                 await self.limiter.push_back(limit, outcome.push_back)
             if outcome.cache is not None:
                 key, entry, ttl = outcome.cache
-                await self.store.redis.set(key, entry, px=max(1, int(ttl * 1000)))
+                await self.store.workers.cache(key, entry, ttl)
         except Exception as exc:
             log.warning("settling limits/cache of %s.%s failed: %s", task.workflow, task.step, exc)
 

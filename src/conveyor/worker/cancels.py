@@ -16,9 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
 
-from ..storage.store import Store, now_ms
+from ..storage.store import Store, Subscription, now_ms
 from .resilience import Backoff
 
 log = logging.getLogger("conveyor.worker")
@@ -32,7 +31,7 @@ class StoppedWorkflows:
         self.ids: dict[str, int] = {}  # workflow id -> when it stopped (ms)
         partitions = range(store.settings.partitions)
         self.channels = [store.keys.stopped_channel(p) for p in partitions]
-        self.pubsub: Any = None
+        self.subscription: Subscription | None = None
 
     def __contains__(self, workflow_id: object) -> bool:
         return workflow_id in self.ids
@@ -40,10 +39,10 @@ class StoppedWorkflows:
     async def start(self) -> None:
         """Subscribe, then load what stopped within the retention period (once: after that,
         :meth:`run` resubscribes and reloads by itself when its connection drops)."""
-        if self.pubsub is not None:
+        if self.subscription is not None:
             return
-        self.pubsub = self.store.redis.pubsub()
-        await self.pubsub.subscribe(*self.channels)
+        self.subscription = self.store.subscription()
+        await self.subscription.subscribe(*self.channels)
         since = now_ms() - int(self.store.settings.retention * 1000)
         self.ids = await self.store.stopped_since(since)
 
@@ -51,12 +50,13 @@ class StoppedWorkflows:
         backoff = Backoff(cap=2.0)
         while not stop.is_set():
             try:
-                if self.pubsub is None:
+                if self.subscription is None:
                     await self.start()
-                message = await self.pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+                    assert self.subscription is not None
+                message = await self.subscription.message(timeout=0.5)
                 backoff.reset()
                 if message is not None:
-                    self._apply(message.get("data"))
+                    self._apply(message)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -64,9 +64,8 @@ class StoppedWorkflows:
                 await backoff.wait("listening for stopped workflows", exc)
         await self._close()
 
-    def _apply(self, data: bytes | str) -> None:
+    def _apply(self, text: str) -> None:
         """'stop <id>' (cancelled or failed) or 'resume <id>' (replayed from dead letters)."""
-        text = data.decode() if isinstance(data, bytes) else str(data)
         what, _, workflow_id = text.partition(" ")
         if what == "stop":
             self.ids[workflow_id] = now_ms()
@@ -84,7 +83,7 @@ class StoppedWorkflows:
         self.ids = {i: at for i, at in self.ids.items() if at >= oldest}
 
     async def _close(self) -> None:
-        if self.pubsub is not None:
-            pubsub, self.pubsub = self.pubsub, None
+        if self.subscription is not None:
+            subscription, self.subscription = self.subscription, None
             with contextlib.suppress(Exception):
-                await pubsub.aclose()
+                await subscription.close()

@@ -38,7 +38,6 @@ class Emitter:
         payload = codec.dumps(data)  # a TypeError reaches the step at once
         if not self.store.settings.events:
             return
-        key = self.store.keys.events(workflow_id)
         fields = ["type", "emit", "step", step, "task", task, "attempt", attempt, "data", payload]
         if self.loop is None:
             raise RuntimeError("ctx.emit is only available inside a running worker")
@@ -47,12 +46,12 @@ class Emitter:
         except RuntimeError:
             running = None
         if running is self.loop:
-            self._add(key, fields)
+            self._add(workflow_id, fields)
         else:
-            self.loop.call_soon_threadsafe(self._add, key, fields)
+            self.loop.call_soon_threadsafe(self._add, workflow_id, fields)
 
-    def _add(self, key: str, fields: list[Any]) -> None:
-        self.pending.append((key, fields))
+    def _add(self, workflow_id: str, fields: list[Any]) -> None:
+        self.pending.append((workflow_id, fields))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self.drain(), name="conveyor-emits")
 
@@ -62,10 +61,7 @@ class Emitter:
         async with self._lock:
             while self.pending:
                 batch, self.pending = self.pending, []
-                pipe = self.store.redis.pipeline(transaction=False)
-                for key, fields in batch:
-                    pipe.execute_command("XADD", key, "*", *fields)
                 try:
-                    await pipe.execute()
+                    await self.store.workers.append_events(batch)
                 except Exception as exc:  # best effort: an outage loses emits, not a transition
                     log.warning("writing %d emitted events failed: %s", len(batch), exc)

@@ -9,7 +9,6 @@ import socket
 import time
 from typing import Any
 
-from .. import codec
 from ..observability.metrics import WorkerMetrics
 from ..storage.store import Store
 from .committer import Stats
@@ -69,18 +68,11 @@ class LeaseKeeper:
         if self.metrics is not None:
             self.metrics.flush(in_flight)
             info["latency"] = self.metrics.latency()
-        keys = self.store.keys
-        pipe = self.store.redis.pipeline(transaction=False)
-        pipe.set(keys.worker(self.consumer), codec.dumps(info), ex=self.ttl)
-        pipe.zadd(keys.workers, {self.consumer: int(time.time() * 1000)})
-        await pipe.execute()
+        await self.store.workers.publish(self.consumer, info, self.ttl, int(time.time() * 1000))
         self.published_at = time.time()
 
     async def forget(self) -> None:
-        pipe = self.store.redis.pipeline(transaction=False)
-        pipe.delete(self.store.keys.worker(self.consumer))
-        pipe.zrem(self.store.keys.workers, self.consumer)
-        await pipe.execute()
+        await self.store.workers.forget(self.consumer)
 
 
 HEARTBEAT_STATS = (

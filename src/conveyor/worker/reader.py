@@ -7,9 +7,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from redis.exceptions import ResponseError
-
 from ..storage.connection import UNAVAILABLE
+from ..storage.errors import ResponseError
 from ..storage.store import Store
 from .inflight import Capacity, StreamRotation
 from .resilience import Backoff

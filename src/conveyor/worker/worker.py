@@ -13,8 +13,7 @@ from typing import Any
 
 from ..app import App
 from ..errors import DELIVERY_LIMIT_EXCEEDED, ConfigurationError
-from ..limits import Limiter
-from ..observability.metrics import WorkerMetrics
+from ..observability.metrics import WorkerMetrics, declare_series
 from ..observability.tracing import TRACING
 from ..storage.connection import UNAVAILABLE, RedisClient, connect
 from ..storage.frames import CANCEL_FRAME
@@ -84,12 +83,13 @@ class Worker:
                 f"no step of this app runs on queue(s) {sorted(unknown)}; "
                 f"its queues are {app.queues}"
             )
-        self.redis = redis or connect(self.settings.redis_url)
+        # the client is made here, then used only through the store
+        self.store = Store(redis or connect(self.settings.redis_url), self.settings)
         self._owns_redis = redis is None
-        self.store = Store(self.redis, self.settings)
         self.streams = [s for q in self.queues for s in self.store.keys.streams(q)]
         self.stats = Stats()
         self.metrics = WorkerMetrics()
+        declare_series(self.app.workflows.values(), worker=True)
         self.capacity = Capacity(concurrency)
         self.inflight = InFlight()
         self.stopped = StoppedWorkflows(self.store)
@@ -120,7 +120,7 @@ class Worker:
             self.store, self.name, self.inflight, self.queues, self.capacity.limit,
             self.stats, self.metrics,
         )  # fmt: skip
-        self.limiter = Limiter(self.redis, self.settings.namespace, self.store.scripts)
+        self.limiter = self.store.limiter
         self.admission = Admission(
             self.store, self.runner, self.limiter, self.settings.visibility_timeout, self.stopped
         )
@@ -165,7 +165,7 @@ class Worker:
     async def _setup(self) -> None:
         await self.store.check_partitions()
         await self.stopped.start()  # before the first read: a stopped workflow's tasks drop
-        await self.store.scripts.load_all(self.redis)
+        await self.store.load_scripts()
         await self.store.ensure_groups(self.queues)
         await self.store.register(
             {
@@ -284,7 +284,7 @@ class Worker:
         self.metrics.flush(0)  # the last tallies (a multiprocess child's file keeps them)
         self.runner.close()
         if self._owns_redis:
-            await self.redis.aclose()
+            await self.store.close()
         log.info("worker %s stopped", self.name)
 
     async def _drain(self) -> None:
