@@ -24,6 +24,7 @@ from conveyor.embedded import EmbeddedRedis
 from tests.api.conftest import TOKENS, ApiServer, start_api, stop_api
 from tests.apps import api_app
 from tests.conftest import running as run_worker
+from tests.helpers import until_async as until
 
 MakeApi = Callable[..., ApiServer]
 REQUEST_ID = "req-7f3a.checkout:42"
@@ -59,17 +60,6 @@ def running(server: ApiServer) -> contextlib.AbstractAsyncContextManager[Worker]
 def aclient(server: ApiServer, who: str | None = "admin") -> httpx.AsyncClient:
     headers = server.auth(who) if who else {}
     return httpx.AsyncClient(base_url=server.url, headers=headers, timeout=30)
-
-
-async def until(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        value = await value if asyncio.iscoroutine(value) else value
-        if value:
-            return value
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
 
 
 def assert_problem(response: httpx.Response, status: int, kind: str | None = None) -> Any:

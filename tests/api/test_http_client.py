@@ -45,6 +45,7 @@ from conveyor.http import (
 from tests.api.conftest import ROOT, TOKENS, ApiServer, start_api, stop_api
 from tests.apps import api_app
 from tests.apps.api_app import Order
+from tests.helpers import until as eventually
 
 ADMIN = TOKENS["admin"][0]
 STORY_TOKENS = ["a", "story", "about", "dragons"]
@@ -102,13 +103,6 @@ async def aclient(api: ApiServer) -> AsyncIterator[AsyncHttpClient]:
 def client(api: ApiServer) -> Iterator[HttpClient]:
     with HttpClient(api.url, ADMIN) as client:
         yield client
-
-
-def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
 
 
 def assert_story(events: list[Event]) -> None:

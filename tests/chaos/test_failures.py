@@ -20,6 +20,7 @@ import redis.asyncio as aredis
 from conveyor import App, AsyncClient, Worker
 from conveyor.embedded import EmbeddedRedis
 from tests.apps import slow
+from tests.helpers import until_async as wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = ["fetch", "enrich", "store"]
@@ -75,15 +76,6 @@ async def setup(
     yield app, client, r, env
     await client.close()
     await r.aclose()
-
-
-async def wait_for(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await predicate():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def kill_worker_inside_steps(

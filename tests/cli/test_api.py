@@ -8,9 +8,8 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -22,6 +21,7 @@ from tests.api.conftest import TOKENS, ApiServer, start_api, stop_api
 from tests.api.test_http_client import worker_thread
 from tests.apps import api_app
 from tests.cli.test_cli import ROOT, assert_one_line_error, conveyor
+from tests.helpers import until as eventually
 
 ADMIN = TOKENS["admin"][0]
 
@@ -55,13 +55,6 @@ def via(api: ApiServer) -> dict[str, str]:
         "CONVEYOR_API_KEY": ADMIN,
         "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
     }
-
-
-def eventually(check: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
 
 
 def test_workflow_commands(api: ApiServer, via: dict[str, str]) -> None:

@@ -29,21 +29,10 @@ from conveyor import (
     wait,
 )
 from tests.conftest import drain, running
+from tests.helpers import until_async as until
 
 MakeApp = Callable[..., App]
 ClientFor = Callable[[App], AsyncClient]
-
-
-async def until(predicate: Callable[[], Any], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await _call(predicate):
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
-
-
-async def _call(predicate: Callable[[], Any]) -> Any:
-    value = predicate()
-    return await value if asyncio.iscoroutine(value) else value
 
 
 # -- fan-out / fan-in --------------------------------------------------------------------------
