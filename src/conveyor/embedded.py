@@ -60,6 +60,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class _PortTaken(Exception):
+    """The port picked for a server was taken before the server could bind it."""
+
+
 class EmbeddedRedis:
     """Start with ``with EmbeddedRedis() as r: r.url``; ``restart()`` keeps the data (AOF).
 
@@ -86,6 +90,9 @@ class EmbeddedRedis:
         self.data_dir = Path(data_dir or self._tmp or ".").resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
+        # a port we picked may be taken by another process before the server binds it (the
+        # race of every "find a free port" scheme): the first start then picks another
+        self._may_move = port is None
         self.appendonly = appendonly
         self.fsync = fsync
         self.extra_args = extra_args or []
@@ -117,6 +124,14 @@ class EmbeddedRedis:
     def start(self, timeout: float = 10.0) -> EmbeddedRedis:
         if self.process is not None and self.process.poll() is None:
             return self
+        for _ in range(5):
+            try:
+                return self._start(timeout)
+            except _PortTaken:
+                self.port = free_port()
+        return self._start(timeout)
+
+    def _start(self, timeout: float) -> EmbeddedRedis:
         self.process = subprocess.Popen(
             self._args(),
             stdout=subprocess.DEVNULL,
@@ -127,8 +142,12 @@ class EmbeddedRedis:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 log = (self.data_dir / "redis.log").read_text(errors="replace")[-2000:]
+                if self._may_move and f"{self.port}: bind: Address already in use" in log:
+                    raise _PortTaken
                 raise ConfigurationError(f"redis-server exited at start:\n{log}")
             if self._ping():
+                # clients now know this port: a restart must keep it
+                self._may_move = False
                 return self
             time.sleep(0.02)
         self.stop()
