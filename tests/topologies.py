@@ -248,29 +248,52 @@ class Sentinel:
 
     def __init__(self, folder: Path, master_name: str, master_port: int, quorum: int) -> None:
         self.folder = folder
-        self.port = free_port()
+        self.master = (master_name, master_port, quorum)
         folder.mkdir(parents=True, exist_ok=True)
         self.config = folder / "sentinel.conf"
+        self.log = folder / "sentinel.log"
+        self.port = free_port()
+        self.fresh = True  # not started yet: its port may still move
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def _write_config(self) -> None:
+        name, master_port, quorum = self.master
         self.config.write_text(
             f"port {self.port}\n"
             "bind 127.0.0.1\n"
-            f"dir {folder}\n"
-            f"logfile {folder / 'sentinel.log'}\n"
-            f"sentinel monitor {master_name} 127.0.0.1 {master_port} {quorum}\n"
-            f"sentinel down-after-milliseconds {master_name} {NODE_TIMEOUT_MS}\n"
-            f"sentinel failover-timeout {master_name} 10000\n"
-            f"sentinel parallel-syncs {master_name} 1\n"
+            f"dir {self.folder}\n"
+            f"logfile {self.log}\n"
+            f"sentinel monitor {name} 127.0.0.1 {master_port} {quorum}\n"
+            f"sentinel down-after-milliseconds {name} {NODE_TIMEOUT_MS}\n"
+            f"sentinel failover-timeout {name} 10000\n"
+            f"sentinel parallel-syncs {name} 1\n"
         )
-        self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.process = subprocess.Popen(
-            [str(find_redis_server()), str(self.config), "--sentinel"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        wait_until(lambda: _answers(self.port), 10, f"sentinel on {self.port}")
+        # the port picked may be taken before the Sentinel binds it: then pick another. A
+        # restart keeps the config the Sentinel rewrote (the master it knows now).
+        for _ in range(5):
+            if self.fresh:
+                self._write_config()
+            self.process = subprocess.Popen(
+                [str(find_redis_server()), str(self.config), "--sentinel"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            wait_until(
+                lambda: (self.process is not None and self.process.poll() is not None)
+                or _answers(self.port),
+                10, f"sentinel on {self.port}",
+            )  # fmt: skip
+            if self.process.poll() is None:
+                self.fresh = False
+                return
+            log = self.log.read_text(errors="replace") if self.log.exists() else ""
+            if not self.fresh or f"{self.port}: bind: Address already in use" not in log:
+                raise RuntimeError(f"sentinel on {self.port} exited at start:\n{log[-2000:]}")
+            self.port = free_port()
+        raise RuntimeError("no free port for a sentinel after 5 tries")
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
