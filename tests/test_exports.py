@@ -17,6 +17,8 @@ EXPECTED = {
     # typed protocol (issue 15): the enums of the wire formats, every error a user sees by name
     "OutcomeKind", "RunStatus", "BatchResultError", "DeliveryLimitExceededError",
     "ResultEncodingError", "StepTimeoutError", "UnknownStepError",
+    # hooks for telemetry (issue 15)
+    "WorkerListener",
 }  # fmt: skip
 
 

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from .client import AsyncClient, Client
     from .limits import Limit
     from .settings import Settings
-    from .worker import Worker
+    from .worker import Worker, WorkerListener
     from .workflow import (
         BatchContext,
         OutcomeKind,
@@ -71,6 +71,7 @@ _LAZY = {
     "Limit": ".limits",
     "Settings": ".settings",
     "Worker": ".worker",
+    "WorkerListener": ".worker",
     **dict.fromkeys(
         [
             "BatchContext", "OutcomeKind", "RetryPolicy", "Step", "StepContext", "Workflow",
@@ -134,6 +135,7 @@ __all__ = [
     "UnknownWorkflowError",
     "WaitInfo",
     "Worker",
+    "WorkerListener",
     "Workflow",
     "WorkflowCancelledError",
     "WorkflowFailedError",

@@ -13,12 +13,15 @@ import logging
 import os
 import sys
 from contextvars import ContextVar, Token
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pythonjsonlogger.json import JsonFormatter
 
 from .observability.tracing import current_trace_id
 from .settings import LogSettings
+
+if TYPE_CHECKING:
+    from .storage.records import Task
 
 FORMATS = ("auto", "json", "console")
 FIELDS = ("workflow_id", "workflow", "step", "attempt", "request_id")
@@ -34,6 +37,15 @@ def bind_step(
 ) -> Token[Any]:
     """Log lines written from here on (in this task) carry this step's fields."""
     return _context.set((workflow_id, workflow, step, attempt, request_id))
+
+
+def step_fields(task: Task) -> dict[str, Any]:
+    """The fields :func:`bind_step` binds, for one log call's ``extra``."""
+    fields = {"workflow_id": task.workflow_id, "workflow": task.workflow, "step": task.step,
+              "attempt": task.attempt}  # fmt: skip
+    if task.request_id is not None:
+        fields["request_id"] = task.request_id
+    return fields
 
 
 def bind_request(request_id: str) -> Token[Any]:

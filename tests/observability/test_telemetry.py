@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -222,12 +223,21 @@ class OtlpReceiver:
                             "parent": span.parent_span_id.hex() or None,
                             "attributes": attrs,
                             "status": span.status.code,
+                            "kind": span.kind,
                             "events": [e.name for e in span.events],
                         })  # fmt: skip
 
     def named(self, name: str) -> list[dict[str, Any]]:
         with self.lock:
             return [s for s in self.spans if s["name"] == name]
+
+    def of_step(self, name: str) -> list[dict[str, Any]]:
+        """The spans of step ``workflow.step`` (each named ``process <queue>``)."""
+        with self.lock:
+            return [
+                s for s in self.spans
+                if f"{s['attributes'].get('workflow.name')}.{s['attributes'].get('step')}" == name
+            ]  # fmt: skip
 
 
 @pytest.fixture
@@ -286,16 +296,17 @@ def test_one_workflow_is_one_trace_across_the_api_and_two_worker_processes(
             failed = http.post("/v1/workflows/broken", json=7).json()["id"]
             http.get(f"/v1/workflows/{failed}/result", params={"wait": 25})
 
+        request_spans = until(lambda: otlp.named("POST /v1/workflows/{name}"), what="request")
         spans = {
-            name: until(lambda n=name: otlp.named(n), what=f"span {name}")
-            for name in ("POST /v1/workflows/{name}", "pipeline.fetch", "pipeline.score",
-                         "pipeline.publish", "broken.explode")
+            name: until(lambda n=name: otlp.of_step(n), what=f"span of {name}")
+            for name in ("pipeline.fetch", "pipeline.score", "pipeline.publish", "broken.explode")
         }  # fmt: skip
-        ours = [s for group in spans.values() for s in group if s["trace_id"] == trace_id]
-        by_name = {s["name"]: s for s in ours}
-        request = by_name["POST /v1/workflows/{name}"]
+        [request] = [s for s in request_spans if s["trace_id"] == trace_id]
         assert request["service"] == "conveyor-api" and request["parent"] == caller_span
-        fetch, score, publish = (by_name[f"pipeline.{n}"] for n in ("fetch", "score", "publish"))
+        fetch, score, publish = (
+            next(s for s in spans[f"pipeline.{n}"] if s["trace_id"] == trace_id)
+            for n in ("fetch", "score", "publish")
+        )
         # each step under the one that enqueued it, the first under the API request
         assert fetch["parent"] == request["span_id"]
         assert score["parent"] == fetch["span_id"]
@@ -306,16 +317,27 @@ def test_one_workflow_is_one_trace_across_the_api_and_two_worker_processes(
             "worker-back",
             "worker-front",
         )
+        # OpenTelemetry's messaging conventions for a consumer's process span, and ours
+        assert (fetch["name"], score["name"]) == ("process front", "process back")
+        assert fetch["kind"] == score["kind"] == 5  # SPAN_KIND_CONSUMER
+        entry_id = fetch["attributes"].pop("messaging.message.id")
+        assert re.fullmatch(r"\d+-\d+", entry_id), entry_id  # the task's stream entry
         assert fetch["attributes"] == {
+            "messaging.system": "conveyor", "messaging.operation.name": "process",
+            "messaging.operation.type": "process", "messaging.destination.name": "front",
+            "messaging.consumer.group.name": "agents",
             "workflow.id": wf_id, "workflow.name": "pipeline", "step": "fetch", "attempt": 1,
             "queue": "front", "task": 1, "outcome": "completed",
         }  # fmt: skip
         assert score["attributes"]["queue"] == "back" and score["attributes"]["task"] == 2
+        assert score["attributes"]["messaging.destination.name"] == "back"
+        assert "error.type" not in score["attributes"]
         # an error is recorded on the failing step's span
         [explode] = [s for s in spans["broken.explode"] if s["attributes"]["workflow.id"] == failed]
         assert explode["status"] == 2  # STATUS_CODE_ERROR
         assert "exception" in explode["events"]
         assert explode["attributes"]["outcome"] == "dead"
+        assert explode["attributes"]["error.type"] == "ValueError"
         assert explode["trace_id"] != trace_id  # another workflow, another trace
     finally:
         outputs = {"api": stop(api), "front": stop(front), "back": stop(back)}
@@ -341,6 +363,49 @@ def test_one_workflow_is_one_trace_across_the_api_and_two_worker_processes(
     assert steps["scoring 1"]["step"] == "score" and steps["scoring 1"]["from"] == "back"
     # the failed step's warning is joined to its workflow too
     assert any(r.get("workflow_id") == failed and r["level"] == "WARNING" for r in lines)
+
+
+async def test_a_grpc_protocol_is_refused_in_one_line_and_nothing_is_exported(
+    redis7: EmbeddedRedis, namespace: str, otlp: OtlpReceiver
+) -> None:
+    """Only the OTLP/HTTP exporter is installed: OTEL_EXPORTER_OTLP_PROTOCOL=grpc is refused
+    at start, naming the variable and what is supported, and no span goes anywhere."""
+    env = base_env(redis7, namespace, OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{otlp.port}",
+                   OTEL_EXPORTER_OTLP_PROTOCOL="grpc", OTEL_BSP_SCHEDULE_DELAY="100")  # fmt: skip
+    client = AsyncClient(redis7.url, namespace, partitions=4)
+    worker = spawn(["worker", APP], env)
+    try:
+        await until_async(lambda: live_workers(client, want=1))  # registered the workflows
+        wf = await client.start("pipeline", 1)
+        assert await client.result(wf, timeout=30) == 3
+    finally:
+        await client.close()
+        output = stop(worker)  # a traced worker flushes its spans as it stops
+    refusals = [
+        json.loads(line) for line in output.splitlines()
+        if line.startswith("{") and "OTEL_EXPORTER_OTLP_PROTOCOL" in line
+    ]  # fmt: skip
+    assert len(refusals) == 1, output
+    assert refusals[0]["level"] == "ERROR"
+    assert "OTEL_EXPORTER_OTLP_PROTOCOL=grpc" in refusals[0]["message"]
+    assert "http/protobuf" in refusals[0]["message"]
+    assert otlp.spans == []
+
+
+def test_an_unsupported_traces_protocol_is_refused(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The signal-specific variable wins over the general one, and is checked the same way
+    (refused before any provider is installed)."""
+    from conveyor.observability.tracing import setup_tracing
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json")
+    with caplog.at_level("ERROR", logger="conveyor.tracing"):
+        assert setup_tracing("test") is False
+    [record] = caplog.records
+    assert record.getMessage().startswith("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=http/json")
 
 
 # -- units ------------------------------------------------------------------------------------
@@ -453,7 +518,11 @@ async def test_spans_follow_fan_outs_children_retries_and_signals(
     by_id = {s.context.span_id: s for s in finished}
     named: dict[str, list[Any]] = {}
     for s in finished:
-        named.setdefault(s.name, []).append(s)
+        # a step's span is named after its queue: find it by workflow and step
+        step = s.attributes.get("step")
+        name = f"{s.attributes['workflow.name']}.{step}" if step else s.name
+        named.setdefault(name, []).append(s)
+    assert {s.name for s in finished} == {"start flow", "process default"}
     [root] = named["start flow"]  # no request span: the client roots the trace
     assert {s.context.trace_id for s in finished} == {root.context.trace_id}
 
@@ -468,6 +537,10 @@ async def test_spans_follow_fan_outs_children_retries_and_signals(
     [failed] = [b for b in branches if b.attributes["outcome"] == "retried"]
     assert failed.attributes["attempt"] == 1 and failed.status.status_code.name == "ERROR"
     assert [e.name for e in failed.events] == ["exception"]
+    assert failed.attributes["error.type"] == "RuntimeError"
+    assert failed.kind.name == "CONSUMER"
+    assert failed.attributes["messaging.destination.name"] == "default"
+    assert "error.type" not in split_span.attributes
     [join_span] = named["flow.join"]
     assert parent(join_span) in branches  # the branch whose return completed the group
     [grow_span] = named["child.grow"]

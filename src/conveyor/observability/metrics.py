@@ -36,6 +36,7 @@ from prometheus_client import (
 )
 
 from ..errors import ScriptCode
+from ..workflow.outcomes import OUTCOME_COUNTS, OutcomeKind
 
 if TYPE_CHECKING:
     from ..workflow import Workflow
@@ -140,6 +141,17 @@ STEP_COUNTERS = (
     STEPS_DROPPED,
 )  # fmt: skip
 STARTED, COMPLETED, FAILED, RETRIED, DEAD, LIMITED, DROPPED = range(len(STEP_COUNTERS))
+# the step counter of each name OUTCOME_COUNTS uses ("cached" and "poison" are counted
+# under their own labels: cache hits by workflow and step, poison entries by queue)
+_COUNTER_OF = {
+    "completed": COMPLETED, "failed": FAILED, "retried": RETRIED, "dead": DEAD,
+    "limited": LIMITED, "dropped": DROPPED,
+}  # fmt: skip
+_STEP_COUNTS = {
+    kind: tuple(_COUNTER_OF[n] for n in names if n in _COUNTER_OF)
+    for kind, names in OUTCOME_COUNTS.items()
+}
+_CACHE_HITS = frozenset(kind for kind, names in OUTCOME_COUNTS.items() if "cached" in names)
 
 
 class _Tally:
@@ -239,8 +251,9 @@ class WorkerMetrics:
         self.tally(task).observe(seconds)
         self.step_window.add(seconds)
 
-    def committed(self, task: Task | None, queue: str, kind: str, code: int) -> None:
-        """A transition of ``kind`` (runner.Outcome.kind) came back with ``code``."""
+    def committed(self, task: Task | None, queue: str, kind: OutcomeKind, code: int) -> None:
+        """A transition of ``kind`` (runner.Outcome.kind) came back with ``code``; what it
+        counts is ``OUTCOME_COUNTS[kind]``."""
         if code == ScriptCode.DUPLICATE:
             self._count("duplicates", queue)
             return
@@ -248,23 +261,10 @@ class WorkerMetrics:
             self._count("poison", queue)
             return
         counts = self.tally(task).counts
-        if kind == "completed":
-            counts[COMPLETED] += 1
-        elif kind == "cached":
-            counts[COMPLETED] += 1
+        for i in _STEP_COUNTS[kind]:
+            counts[i] += 1
+        if kind in _CACHE_HITS:
             self._count("cache_hits", task.workflow, task.step)
-        elif kind == "retried":
-            counts[FAILED] += 1
-            counts[RETRIED] += 1
-        elif kind == "dead":  # it ran and failed for good
-            counts[FAILED] += 1
-            counts[DEAD] += 1
-        elif kind == "dead_unrun":  # delivered too often (it may crash workers): not run
-            counts[DEAD] += 1
-        elif kind == "limited":
-            counts[LIMITED] += 1
-        elif kind == "dropped":
-            counts[DROPPED] += 1
         if code == ScriptCode.ENDED_COMPLETED:
             self._ended(task, "completed")
         elif code == ScriptCode.ENDED_FAILED:

@@ -47,6 +47,8 @@ log = logging.getLogger("conveyor.tracing")
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 INSTRUMENTATION = "conveyor"
+MESSAGING_SYSTEM = "conveyor"  # messaging.system of step spans
+OTLP_PROTOCOL = "http/protobuf"  # the one OTEL_EXPORTER_OTLP_PROTOCOL the `otel` extra exports
 
 
 def _traceparent(span: trace.Span) -> str:
@@ -125,26 +127,37 @@ class Tracing:
 
     # -- consuming: a span per step -----------------------------------------------------------
 
-    def start_step(self, task: Task) -> trace.Span | None:
+    def start_step(self, task: Task, group: str = "") -> trace.Span | None:
         """Start the span of one step attempt, under the span that enqueued the task; its
-        carrier becomes what the step's transition passes on (``task.carry``)."""
+        carrier becomes what the step's transition passes on (``task.carry``). Named and
+        attributed as OpenTelemetry's messaging conventions say of a consumer's ``process``
+        span; ``group`` is the stream's consumer group."""
         if self.tracer is None:
             return None
         started, traceparent = split(task.trace)
         if self.parent_based and traceparent and not _sampled(traceparent):
             return None  # the trace was not sampled: its steps would not be either
+        attributes: dict[str, str | int] = {
+            "messaging.system": MESSAGING_SYSTEM,
+            "messaging.operation.name": "process",
+            "messaging.operation.type": "process",
+            "messaging.destination.name": task.queue,
+            "workflow.id": task.workflow_id,
+            "workflow.name": task.workflow,
+            "step": task.step,
+            "attempt": task.attempt,
+            "queue": task.queue,
+            "task": task.task,
+        }
+        if group:
+            attributes["messaging.consumer.group.name"] = group
+        if task.entry_id:
+            attributes["messaging.message.id"] = task.entry_id.decode()
         span = self.tracer.start_span(
-            f"{task.workflow}.{task.step}",
+            f"process {task.queue}",
             context=_context_of(traceparent),
             kind=SpanKind.CONSUMER,
-            attributes={
-                "workflow.id": task.workflow_id,
-                "workflow.name": task.workflow,
-                "step": task.step,
-                "attempt": task.attempt,
-                "queue": task.queue,
-                "task": task.task,
-            },
+            attributes=attributes,
         )
         task.carry = carrier(started or 0, _traceparent(span)) if started else ""
         return span
@@ -165,9 +178,18 @@ class Tracing:
             return
         span.set_attribute("outcome", kind)
         if error is not None:
+            span.set_attribute("error.type", error_type(error))
             span.record_exception(error)
             span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
         span.end()
+
+
+def error_type(error: BaseException) -> str:
+    """``error.type`` of a span: the exception's fully qualified class name."""
+    cls = type(error)
+    if cls.__module__ == "builtins":
+        return cls.__qualname__
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _sampled(traceparent: str) -> bool:
@@ -203,8 +225,9 @@ def setup_tracing(service_name: str) -> bool:
     ``OTEL_*`` variables, when the SDK is installed and export is asked for
     (``OTEL_EXPORTER_OTLP_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``, or
     ``OTEL_TRACES_EXPORTER`` = ``otlp`` | ``console``). Does nothing when the application
-    configured a provider itself, or with ``OTEL_SDK_DISABLED=true``. Returns whether
-    tracing is on."""
+    configured a provider itself, or with ``OTEL_SDK_DISABLED=true``. An exporter or an
+    ``OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL`` it cannot honour (only ``http/protobuf``) is
+    refused with one error line, and nothing is exported. Returns whether tracing is on."""
     if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
         return TRACING.refresh()
     if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
@@ -216,11 +239,26 @@ def setup_tracing(service_name: str) -> bool:
     if exporter_name == "none" or not (exporter_name or endpoint):
         return TRACING.refresh()
     if exporter_name not in ("", "otlp", "console"):
-        log.warning(
-            "OTEL_TRACES_EXPORTER=%s is not supported (use otlp or console): tracing is off",
+        log.error(
+            "OTEL_TRACES_EXPORTER=%s is not supported (use otlp, console or none): tracing is off",
             exporter_name,
         )
         return TRACING.refresh()
+    if exporter_name != "console":
+        # only the OTLP/HTTP exporter is installed: sending to a gRPC collector would fail on
+        # every batch, so another protocol is refused at start instead
+        name = (
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
+            if os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+            else "OTEL_EXPORTER_OTLP_PROTOCOL"
+        )
+        protocol = os.environ.get(name, "").strip().lower()
+        if protocol not in ("", OTLP_PROTOCOL):
+            log.error(
+                "%s=%s is not supported (only %s, OTLP over HTTP): tracing is off",
+                name, protocol, OTLP_PROTOCOL,
+            )  # fmt: skip
+            return TRACING.refresh()
     try:
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider

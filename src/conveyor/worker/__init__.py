@@ -1,6 +1,6 @@
 """Worker runtime: reader, step runner, committer, lease keeper, reclaimer, promoter."""
 
-from .committer import Stats
+from .listeners import Stats, WorkerListener
 from .worker import Worker
 
-__all__ = ["Stats", "Worker"]
+__all__ = ["Stats", "Worker", "WorkerListener"]

@@ -7,15 +7,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from ..errors import ScriptCode
-from ..observability.metrics import WorkerMetrics
 from ..storage.connection import UNAVAILABLE
 from ..storage.records import Task
 from ..storage.store import Store, Transition
 from ..storage.transitions import TransitionAction
 from ..workflow.outcomes import OutcomeKind
+from .listeners import Listeners
+from .listeners import Stats as Stats  # its home before the listeners (imported from here)
 from .resilience import Backoff
 
 log = logging.getLogger("conveyor.worker")
@@ -23,47 +23,23 @@ log = logging.getLogger("conveyor.worker")
 # transitions that may put a task in a delayed set (a retry, a sleep, a wait's timer)
 SCHEDULES = frozenset({TransitionAction.RETRY, TransitionAction.SLEEP, TransitionAction.WAIT})
 GIVE_UP_AFTER = 5  # consecutive unexpected errors before a batch is left for redelivery
-# module-level names: an enum member's attribute lookup costs more than a global's
-_COMPLETED, _CACHED, _RETRIED = OutcomeKind.COMPLETED, OutcomeKind.CACHED, OutcomeKind.RETRIED
-_LIMITED, _DROPPED, _POISON = OutcomeKind.LIMITED, OutcomeKind.DROPPED, OutcomeKind.POISON
-_DEAD = OutcomeKind.DEAD
-
-
-@dataclass(slots=True)
-class Stats:
-    """Counters of one worker process (read by tests, benchmarks and `conveyor top`)."""
-
-    completed: int = 0
-    failed: int = 0  # attempts that raised (retried or dead-lettered)
-    retried: int = 0
-    dead: int = 0
-    duplicates: int = 0
-    reclaimed: int = 0
-    poison: int = 0
-    errors: int = 0
-    batches: int = 0
-    limited: int = 0  # held back by a rate or concurrency limit (not attempts)
-    dropped: int = 0  # delivered but no longer active (cancelled workflows, stale timers)
-    cached: int = 0  # completed from the step-result cache
 
 
 class Committer:
     def __init__(
         self,
         store: Store,
-        stats: Stats,
         on_done: Callable[[Task | None], None],
         on_retry: Callable[[], None] = lambda: None,  # something was scheduled
-        metrics: WorkerMetrics | None = None,
+        listeners: Listeners | None = None,
         max_batch: int = 128,
         lanes: int = 4,
     ) -> None:
         self.on_retry = on_retry
-        self.metrics = metrics
+        self.listeners = listeners or Listeners()
         self.lanes = lanes
         self._in_flight = 0  # batches being committed right now
         self.store = store
-        self.stats = stats
         self.on_done = on_done
         self.max_batch = max_batch
         self.pending: list[tuple[Transition, Task | None, OutcomeKind]] = []
@@ -109,11 +85,19 @@ class Committer:
                 continue
             self._in_flight -= 1
             backoff.reset()
-            self.stats.batches += 1
+            listeners = self.listeners
+            for g in listeners.batch_committed:
+                g(len(batch))
+            committed = listeners.committed
             for (call, task, kind), result in zip(batch, results, strict=True):
-                self._count(task, kind, result)
-                if self.metrics is not None:
-                    self._measure(call, task, kind, result)
+                if isinstance(result, Exception):
+                    # A script error (a bug, or Redis out of memory): the entry stays pending
+                    # with no lease, so it is redelivered and finally dead-lettered; never lost.
+                    log.error("commit of %s for %s failed: %s", kind, task, result)
+                if committed:
+                    queue = task.queue if task else self.store.stream_info(call.keys[0])[1]
+                    for f in committed:
+                        f(task, queue, kind, result)
                 if call.action in SCHEDULES and result == ScriptCode.OK:
                     self.on_retry()  # a timer is waiting in a delayed set: poll it closely
                 self.on_done(task)
@@ -136,50 +120,14 @@ class Committer:
             log.exception("committing %d step results failed", len(batch))
         if backoff.failures >= GIVE_UP_AFTER:
             log.error("giving up %d results; their tasks will be redelivered", len(batch))
-            self.stats.errors += len(batch)
+            for f in self.listeners.commits_abandoned:
+                f(len(batch))
             for _, task, _ in batch:
                 self.on_done(task)
             backoff.reset()
             return
         self.pending[:0] = batch
         await backoff.wait("committing step results", exc)
-
-    def _count(self, task: Task | None, kind: OutcomeKind, result: int | Exception) -> None:
-        if isinstance(result, Exception):
-            # A script error (a bug, or Redis out of memory): the entry stays pending
-            # with no lease, so it is redelivered and finally dead-lettered; never lost.
-            self.stats.errors += 1
-            log.error("commit of %s for %s failed: %s", kind, task, result)
-        elif result == ScriptCode.DUPLICATE:
-            self.stats.duplicates += 1
-        elif kind == _COMPLETED:
-            self.stats.completed += 1
-        elif kind == _CACHED:
-            self.stats.completed += 1
-            self.stats.cached += 1
-        elif kind == _RETRIED:
-            self.stats.retried += 1
-            self.stats.failed += 1
-        elif kind == _LIMITED:
-            self.stats.limited += 1
-        elif kind == _DROPPED:
-            self.stats.dropped += 1
-        elif kind == _POISON:
-            self.stats.poison += 1
-        else:
-            self.stats.dead += 1
-            if kind == _DEAD:
-                self.stats.failed += 1
-
-    def _measure(
-        self, call: Transition, task: Task | None, kind: OutcomeKind, result: int | Exception
-    ) -> None:
-        assert self.metrics is not None
-        if isinstance(result, Exception):
-            self.metrics.commit_error()
-            return
-        queue = task.queue if task is not None else self.store.stream_info(call.keys[0])[1]
-        self.metrics.committed(task, queue, kind, result)
 
     async def drain(self) -> None:
         """Commit everything submitted so far, then stop the loop."""

@@ -9,10 +9,9 @@ import socket
 import time
 from typing import Any
 
-from ..observability.metrics import WorkerMetrics
 from ..storage.store import Store
-from .committer import Stats
 from .inflight import InFlight
+from .listeners import Listeners
 
 log = logging.getLogger("conveyor.worker")
 
@@ -25,14 +24,12 @@ class LeaseKeeper:
         inflight: InFlight,
         queues: list[str],
         concurrency: int = 0,
-        stats: Stats | None = None,
-        metrics: WorkerMetrics | None = None,
+        listeners: Listeners | None = None,
     ) -> None:
         self.store = store
         self.consumer = consumer
         self.inflight = inflight
-        self.stats = stats
-        self.metrics = metrics
+        self.listeners = listeners or Listeners()
         self.started = time.time()
         self.published_at = 0.0  # when a heartbeat last reached Redis (readiness)
         self.info = {
@@ -63,19 +60,10 @@ class LeaseKeeper:
         entry in the registry of workers."""
         in_flight = len(self.inflight)
         info: dict[str, Any] = {**self.info, "in_flight": in_flight, "seen_at": time.time()}
-        if self.stats is not None:
-            info["stats"] = {name: getattr(self.stats, name) for name in HEARTBEAT_STATS}
-        if self.metrics is not None:
-            self.metrics.flush(in_flight)
-            info["latency"] = self.metrics.latency()
+        for f in self.listeners.heartbeat:
+            f(in_flight, info)  # the stats, the latency percentiles
         await self.store.workers.publish(self.consumer, info, self.ttl, int(time.time() * 1000))
         self.published_at = time.time()
 
     async def forget(self) -> None:
         await self.store.workers.forget(self.consumer)
-
-
-HEARTBEAT_STATS = (
-    "completed", "failed", "retried", "dead", "reclaimed", "duplicates", "cached", "limited",
-    "dropped", "poison",
-)  # fmt: skip

@@ -33,8 +33,7 @@ from ..errors import (
     StepTimeoutError,
     UnknownStepError,
 )
-from ..logs import bind_step, unbind
-from ..observability.tracing import TRACING, Tracing
+from ..logs import step_fields
 from ..storage.records import Task
 from ..storage.store import Store, Transition, now_ms
 from ..workflow import Done, Goto, Step, StepContext, compute_backoff
@@ -42,6 +41,7 @@ from ..workflow.context import BatchContext
 from ..workflow.outcomes import FanOut, OutcomeKind, Sleep, StartChild, Wait
 from .advance import Advancer, cacheable, encode, from_cache
 from .emitter import Emitter
+from .listeners import Listeners
 
 log = logging.getLogger("conveyor.worker")
 
@@ -85,7 +85,9 @@ class StepRunner:
         threads: int,
         stopped: Container[str] | None = None,
         emitter: Emitter | None = None,
+        listeners: Listeners | None = None,
     ) -> None:
+        self.listeners = listeners or Listeners()  # the worker's, built as it starts
         self.app = app
         self.stopped = stopped  # workflows that stopped early (ctx.cancelled)
         self.emitter = emitter
@@ -120,25 +122,30 @@ class StepRunner:
         return step
 
     async def run(self, task: Task) -> Outcome:
-        """Run ``task``'s step in its span (when tracing) with its log context bound."""
-        span = TRACING.start_step(task) if TRACING.enabled else None
-        token = bind_step(task.workflow_id, task.workflow, task.step, task.attempt, task.request_id)
+        """Run ``task``'s step inside the listeners' ``enter_step``/``exit_step`` (its span
+        when tracing, its log context)."""
+        wraps = self.listeners.steps
+        if not wraps:
+            return (await self._run(task))[0]
         error: BaseException | None = None
         kind = _CANCELLED
-        try:
-            if span is None:
+        if len(wraps) == 1:  # the usual case (log context only): no list of tokens
+            enter, exit_ = wraps[0]
+            token = enter(task, True)
+            try:
                 outcome, error = await self._run(task)
-            else:
-                attached = Tracing.attach(span)
-                try:
-                    outcome, error = await self._run(task)
-                finally:
-                    Tracing.detach(attached)
+                kind = outcome.kind
+                return outcome
+            finally:
+                exit_(token, kind, error)
+        tokens = [enter(task, True) for enter, _ in wraps]
+        try:
+            outcome, error = await self._run(task)
             kind = outcome.kind
             return outcome
         finally:
-            Tracing.end_step(span, kind, error)
-            unbind(token)
+            for (_, exit_), token in zip(reversed(wraps), reversed(tokens), strict=True):
+                exit_(token, kind, error)
 
     async def _run(self, task: Task) -> tuple[Outcome, BaseException | None]:
         started = now_ms()
@@ -166,16 +173,21 @@ class StepRunner:
 
     async def run_batch(self, step: Step, tasks: list[Task]) -> list[Outcome]:
         """Run a batched step once for ``tasks`` (one input each); one outcome per task,
-        and, when tracing, one span per task (the call they share is in each)."""
-        spans = [TRACING.start_step(t) for t in tasks] if TRACING.enabled else []
+        and one ``enter_step``/``exit_step`` per task and listener (their span when tracing:
+        the call they share is in each)."""
+        wraps = self.listeners.steps
+        tokens = [[enter(t, False) for t in tasks] for enter, _ in wraps] if wraps else []
         outcomes: list[Outcome] = []
         try:
             outcomes = await self._run_batch(step, tasks)
             return outcomes
         finally:
-            for i, span in enumerate(spans):
-                kind = outcomes[i].kind if outcomes else _CANCELLED
-                Tracing.end_step(span, kind, outcomes[i].error if outcomes else None)
+            for (_, exit_), each in zip(reversed(wraps), reversed(tokens), strict=True):
+                for i, token in enumerate(each):
+                    if outcomes:
+                        exit_(token, outcomes[i].kind, outcomes[i].error)
+                    else:
+                        exit_(token, _CANCELLED, None)
 
     async def _run_batch(self, step: Step, tasks: list[Task]) -> list[Outcome]:
         started = now_ms()
@@ -271,12 +283,7 @@ class StepRunner:
     # -- failure ----------------------------------------------------------------------------
 
     def failure(self, task: Task, step: Step | None, exc: BaseException, started: int) -> Outcome:
-        # bound here too: a batched step's failures are logged per task, outside run()
-        token = bind_step(task.workflow_id, task.workflow, task.step, task.attempt, task.request_id)
-        try:
-            outcome = self._failure(task, step, exc, started)
-        finally:
-            unbind(token)
+        outcome = self._failure(task, step, exc, started)
         outcome.error = exc
         return outcome
 
@@ -296,6 +303,8 @@ class StepRunner:
         log.warning(
             "step %s.%s of workflow %s failed for good (attempt %d): %s: %s",
             task.workflow, task.step, task.workflow_id, attempt, error["type"], exc,
+            # the step's fields also where none are bound (a batched step's tasks)
+            extra=step_fields(task),
         )  # fmt: skip
         call = self.t.dead(
             task, record, now, error=error, reason="step failed",

@@ -23,10 +23,19 @@ from ..workflow import OutcomeKind, Step
 from .admission import Admission
 from .batcher import Batcher
 from .cancels import StoppedWorkflows
-from .committer import Committer, Stats
+from .committer import Committer
 from .emitter import Emitter
 from .inflight import Capacity, InFlight
 from .lease import LeaseKeeper
+from .listeners import (
+    Listeners,
+    LoggingListener,
+    PrometheusListener,
+    Stats,
+    StatsListener,
+    TracingListener,
+    WorkerListener,
+)
 from .promoter import Promoter
 from .reader import RawEntry, Reader
 from .reclaimer import Reclaimer
@@ -55,6 +64,8 @@ class Worker:
         batch_size: most entries read per XREADGROUP call.
         drain_timeout: seconds a stopping worker lets running steps finish; the rest are
             handed back to other workers.
+        listeners: your own :class:`~conveyor.WorkerListener` objects, told of this worker's
+            events after its own (stats, metrics, tracing, log context).
     """
 
     def __init__(
@@ -72,6 +83,7 @@ class Worker:
         trim_interval: float = 1.0,
         reclaim_interval: float | None = None,
         redis: RedisClient | None = None,
+        listeners: list[WorkerListener] | None = None,
     ) -> None:
         self.app = app
         self.settings = app.settings
@@ -90,17 +102,20 @@ class Worker:
         self.stats = Stats()
         self.metrics = WorkerMetrics()
         declare_series(self.app.workflows.values(), worker=True)
+        self._user_listeners = list(listeners or ())
+        # shared by the runner, committer and lease keeper; rebuilt once as the worker starts
+        # (tracing is known then)
+        self.listeners = Listeners(self._listeners())
         self.capacity = Capacity(concurrency)
         self.inflight = InFlight()
         self.stopped = StoppedWorkflows(self.store)
         self.emitter = Emitter(self.store)
         # one thread per slot: a sync step never waits for a thread (its timeout would count it)
         self.runner = StepRunner(
-            app, self.store, self.name, threads or concurrency, self.stopped, self.emitter
-        )
-        self.committer = Committer(
-            self.store, self.stats, self._committed, self._retried, self.metrics
-        )
+            app, self.store, self.name, threads or concurrency, self.stopped, self.emitter,
+            self.listeners,
+        )  # fmt: skip
+        self.committer = Committer(self.store, self._committed, self._retried, self.listeners)
         self.reader = Reader(
             self.store,
             self.name,
@@ -117,9 +132,8 @@ class Worker:
         )
         self.promoter = Promoter(self.store, self.queues, promote_interval)
         self.lease = LeaseKeeper(
-            self.store, self.name, self.inflight, self.queues, self.capacity.limit,
-            self.stats, self.metrics,
-        )  # fmt: skip
+            self.store, self.name, self.inflight, self.queues, self.capacity.limit, self.listeners
+        )
         self.limiter = self.store.limiter
         self.admission = Admission(
             self.store, self.runner, self.limiter, self.settings.visibility_timeout, self.stopped
@@ -191,6 +205,7 @@ class Worker:
             return
         self.emitter.bind(asyncio.get_running_loop())
         TRACING.refresh()  # a TracerProvider the application installed before starting us
+        self.listeners.build(self._listeners())
         backoff = Backoff(cap=2.0)
         while not self.stopping.is_set():
             try:
@@ -281,7 +296,8 @@ class Worker:
                 [self._lease_task, self._cancel_task, self._heartbeat_task], timeout=2
             )
         await self._hand_back()
-        self.metrics.flush(0)  # the last tallies (a multiprocess child's file keeps them)
+        for f in self.listeners.stopped:
+            f()
         self.runner.close()
         if self._owns_redis:
             await self.store.close()
@@ -350,8 +366,8 @@ class Worker:
         task.attempt += deliveries - 1  # a crashed delivery counts as an attempt
         self.inflight.add(task)
         if deliveries > 1:
-            self.stats.reclaimed += 1
-            self.metrics.reclaimed(task.queue)
+            for f in self.listeners.reclaimed:
+                f(task.queue)
         limit = self.settings.max_deliveries
         if deliveries > limit:
             reason = f"delivered {deliveries} times (limit {limit}); it may crash workers"
@@ -412,7 +428,10 @@ class Worker:
             self._spawn(self.admission.after(task, outcome))
 
     async def _execute(self, task: Task) -> None:
-        self.metrics.started((task,))
+        listeners = self.listeners
+        if listeners.steps_started:
+            for f in listeners.steps_started:
+                f((task,))
         began = time.perf_counter()
         try:
             outcome = await self.runner.run(task)
@@ -422,15 +441,19 @@ class Worker:
         self._settle(task, outcome)
 
     def _ran(self, task: Task, outcome: Outcome, seconds: float) -> None:
-        self.metrics.ran(task, seconds)
+        listeners = self.listeners
+        for f in listeners.step_ran:
+            f(task, seconds)
         if outcome.cache is not None:  # a cached step had no result yet: it ran to store one
-            self.metrics.cache_missed(task)
+            for g in listeners.cache_missed:
+                g(task)
 
     def _launch_batch(self, step: Step, tasks: list[Task]) -> None:
         self._spawn(self._execute_batch(step, tasks))
 
     async def _execute_batch(self, step: Step, tasks: list[Task]) -> None:
-        self.metrics.started(tasks)
+        for f in self.listeners.steps_started:
+            f(tasks)
         began = time.perf_counter()
         try:
             outcomes = await self.runner.run_batch(step, tasks)
@@ -441,6 +464,14 @@ class Worker:
         for task, outcome in zip(tasks, outcomes, strict=True):
             self._ran(task, outcome, seconds)
             self._settle(task, outcome)
+
+    def _listeners(self) -> list[WorkerListener]:
+        """The worker's own listeners, then the user's."""
+        found: list[WorkerListener] = [StatsListener(self.stats), PrometheusListener(self.metrics)]
+        if TRACING.enabled:
+            found.append(TracingListener(self.settings.group))
+        found.append(LoggingListener())
+        return [*found, *self._user_listeners]
 
     def _committed(self, task: Task | None) -> None:
         if task is not None:

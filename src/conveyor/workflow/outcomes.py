@@ -103,6 +103,22 @@ class OutcomeKind(StrEnum):
     CANCELLED = "cancelled"  # the run was interrupted before it had an outcome (span only)
 
 
+#: What a committed transition of each kind counts: the names of the worker's counters
+#: (``Stats`` fields; the Prometheus step counters and cache-hit / poison counters map them).
+#: A transition answered DUPLICATE counts as a duplicate instead; CANCELLED is never committed.
+OUTCOME_COUNTS: dict[OutcomeKind, tuple[str, ...]] = {
+    OutcomeKind.COMPLETED: ("completed",),
+    OutcomeKind.CACHED: ("completed", "cached"),
+    OutcomeKind.RETRIED: ("failed", "retried"),
+    OutcomeKind.DEAD: ("failed", "dead"),  # it ran and failed for good
+    OutcomeKind.DEAD_UNRUN: ("dead",),  # delivered too often (it may crash workers): not run
+    OutcomeKind.LIMITED: ("limited",),
+    OutcomeKind.DROPPED: ("dropped",),
+    OutcomeKind.POISON: ("poison",),
+    OutcomeKind.CANCELLED: (),
+}
+
+
 def _name(step: Step | str, what: str) -> tuple[str, str | None]:
     from .definition import Step
 
