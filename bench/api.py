@@ -20,7 +20,7 @@ Dispatchers (``--only`` picks some, in this order):
                machine, so the cost of the API's own layers can be read off (single only)
 
 The API's per-key rate limit (default 1000/s, per client address when auth is off) is turned
-off for the other Conveyor runs (``CONVEYOR_API_RATE_LIMIT=""``): a benchmark from one address
+off for the other Conveyor runs (``CONVEYOR_API_RATE_LIMIT=off``): a benchmark from one address
 would otherwise measure 429s. ``--rate-limit`` sets it for them instead.
 
 Loads, each against a server started for it and warmed up first (not counted):
@@ -708,7 +708,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--aof", action="store_true", help="Redis with appendfsync everysec")
     parser.add_argument(
-        "--rate-limit", default="", help='API rate limit of the conveyor runs ("": off)'
+        "--rate-limit", default="off", help="API rate limit of the conveyor runs (off: none)"
     )
     parser.add_argument(
         "--rl-limit", default="1000000/s", help="the rate limit of conveyor-2-rl (never reached)"

@@ -185,3 +185,14 @@ def test_the_docs_table_lists_every_variable_with_its_default() -> None:
         if default not in (None, ""):
             shown = str(default).lower() if isinstance(default, bool) else str(default)
             assert f"`{shown}`" in rows[variable], (variable, rows[variable])
+
+
+def test_the_api_rate_limit_is_turned_off_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An empty variable counts as unset (the default applies), so no limit is `off`."""
+    from conveyor.settings import ApiEnvironment
+
+    monkeypatch.setenv("CONVEYOR_API_RATE_LIMIT", "")
+    assert ApiEnvironment().rate_limit == "1000/s"
+    for off in ("off", "OFF", "none"):
+        monkeypatch.setenv("CONVEYOR_API_RATE_LIMIT", off)
+        assert ApiEnvironment().rate_limit == ""

@@ -294,8 +294,8 @@ class ApiEnvironment(_Group):
     keys_file: Path | None = var(None, "A file of more such entries.", "a file path")
     rate_limit: str = var(
         "1000/s",
-        "Requests per key, shared by every API process through Redis (empty: none).",
-        "a rate such as 100/s, 90000/min, 5/hour or 10/2s",
+        "Requests per key, shared by every API process through Redis (`off`: none).",
+        "a rate such as 100/s, 90000/min, 5/hour or 10/2s, or off",
     )
     max_body: int = var(
         1 << 20, "Largest request body (413 beyond).", "an integer number of bytes", ge=1
@@ -321,6 +321,9 @@ class ApiEnvironment(_Group):
     def _rate(cls, value: str) -> str:
         from .limits import parse_rate
 
+        # an empty variable counts as unset (the default), so "no limit" is spelled out
+        if value.strip().lower() in ("off", "none"):
+            return ""
         if value:
             try:
                 parse_rate(value)
