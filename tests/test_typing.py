@@ -16,8 +16,8 @@ def test_user_code_passes_mypy_strict() -> None:
 
 
 def test_every_ignore_survives_a_dependency_gaining_types() -> None:
-    """Each ``type: ignore`` in the package covers a gap in a dependency's types. A release
-    that closes the gap would make the ignore unused, and strict mypy would fail a fresh
+    """A ``type: ignore`` in the package covers a gap in a dependency's types (or, for a few
+    method assignments, in mypy's). A release that closes the gap would make the ignore unused, and strict mypy would fail a fresh
     clone on a day nothing here changed; ``unused-ignore`` beside the code keeps it quiet
     then, while ``ignore-without-code`` (pyproject.toml) keeps every ignore narrow."""
     loose = [

@@ -189,10 +189,10 @@ class PrometheusListener(WorkerListener):
 
     def __init__(self, metrics: WorkerMetrics) -> None:
         self.metrics = metrics
-        self.steps_started = metrics.started  # type: ignore[method-assign]
-        self.step_ran = metrics.ran  # type: ignore[method-assign]
-        self.cache_missed = metrics.cache_missed  # type: ignore[method-assign]
-        self.reclaimed = metrics.reclaimed  # type: ignore[method-assign]
+        self.steps_started = metrics.started  # type: ignore[method-assign, unused-ignore]
+        self.step_ran = metrics.ran  # type: ignore[method-assign, unused-ignore]
+        self.cache_missed = metrics.cache_missed  # type: ignore[method-assign, unused-ignore]
+        self.reclaimed = metrics.reclaimed  # type: ignore[method-assign, unused-ignore]
 
     # the methods above are replaced by WorkerMetrics' own (one call less per event); these
     # definitions mark them overridden
