@@ -201,7 +201,11 @@ async def test_autoscale_grows_through_a_burst_shrinks_after_and_loses_nothing(
         down = r"autoscale: backlog \d+ for [34] processes .*: [34] -> [23]"
         assert re.search(down, output), output
         assert re.search(r"autoscale: .*: [34] -> 2\n", output), output
-        assert output.count("drained and exited (0)") == 2, output  # let go, not killed
+        # let go, not killed: the first let-go process's exit is always logged; the second's may
+        # be reaped in the shutdown that SIGTERM starts (its heartbeat goes, which the test
+        # waits for, just before the supervisor sees it exit)
+        assert 1 <= output.count("drained and exited (0)") <= 2, output
+        assert "did not stop in time" not in output, output
         assert max(seen) == 4
         for wf_id in ids:
             st = await client.status(wf_id)
